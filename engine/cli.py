@@ -1,0 +1,253 @@
+"""`diffgraph run | validate | nodes | serve`: the command line.
+
+`run` executes a workflow (API or UI format) headless, without a server, with a progress line per node
+and per step. Exit codes: 0 success, 1 validation problems, 2 execution error or bad usage, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any, TextIO
+
+from engine.errors import DiffgraphError, WorkflowFormatError, WorkflowValidationError
+from engine.execution import events as ev
+from engine.folders import Folders
+from engine.graph.api_format import is_link
+from engine.graph.loading import load_workflow_file
+from engine.graph.workflow import Link, Workflow
+from engine.runtime import Runtime, build_runtime
+
+EXIT_OK, EXIT_INVALID, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def _add_folder_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("folders")
+    group.add_argument(
+        "--base-directory", help="root for models/, input/, output/, custom_nodes/ (default: cwd)"
+    )
+    group.add_argument("--output-directory", help="where output images are written")
+    group.add_argument("--input-directory", help="where input images are read from")
+    group.add_argument("--temp-directory", help="where temporary previews are written")
+    group.add_argument("--user-directory", help="user data (queue, history, settings)")
+    group.add_argument("--models-directory", help="root of the model folders (default: BASE/models)")
+    group.add_argument(
+        "--extra-model-paths-config",
+        action="append",
+        default=[],
+        metavar="YAML",
+        help="ComfyUI-style extra_model_paths.yaml (may be given several times)",
+    )
+    group.add_argument("--disable-custom-nodes", action="store_true", help="load only the built-in nodes")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="diffgraph", description="Node-graph workflow engine for Stable Diffusion"
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run a workflow JSON headless (API or UI format)")
+    run.add_argument("workflow", help="path to the workflow .json")
+    run.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NODE_ID.INPUT=VALUE",
+        help="override an input; VALUE is parsed as JSON when possible (e.g. --set 3.seed=42)",
+    )
+    run.add_argument("--target", action="append", default=[], help="run only what this output node needs")
+    run.add_argument("--quiet", action="store_true", help="no progress output")
+    _add_folder_options(run)
+
+    validate = sub.add_parser("validate", help="check a workflow and list every problem")
+    validate.add_argument("workflow")
+    validate.add_argument("--json", action="store_true", help="print problems as ComfyUI node_errors JSON")
+    _add_folder_options(validate)
+
+    nodes = sub.add_parser("nodes", help="list the available node types")
+    nodes.add_argument("--json", action="store_true", help="print the /object_info schema")
+    _add_folder_options(nodes)
+
+    serve = sub.add_parser("serve", help="start the HTTP/WebSocket server")
+    serve.add_argument("--listen", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8188)
+    _add_folder_options(serve)
+    return parser
+
+
+def runtime_from_args(args: argparse.Namespace) -> Runtime:
+    folders = Folders.create(
+        args.base_directory,
+        output_directory=args.output_directory,
+        input_directory=args.input_directory,
+        temp_directory=args.temp_directory,
+        user_directory=args.user_directory,
+        models_directory=args.models_directory,
+    )
+    for config in args.extra_model_paths_config:
+        folders.load_extra_model_paths(config)
+    return build_runtime(folders, load_custom_nodes=not args.disable_custom_nodes)
+
+
+def parse_override(text: str) -> tuple[str, str, Any]:
+    """'5.seed=42' -> ('5', 'seed', 42). The value is JSON if it parses, else the raw string."""
+    target, sep, raw = text.partition("=")
+    node_id, dot, input_name = target.rpartition(".")
+    if not sep or not dot or not node_id or not input_name:
+        raise ValueError(f"--set {text!r}: expected NODE_ID.INPUT=VALUE, e.g. --set 3.seed=42")
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    if is_link(value):
+        value = Link(str(value[0]), int(value[1]))
+    return node_id, input_name, value
+
+
+class ProgressPrinter:
+    """An event sink drawing one line per node and a step bar for progress events."""
+
+    def __init__(self, stream: TextIO, total_nodes: int):
+        self.stream = stream
+        self.total = total_nodes
+        self.count = 0
+        self.tty = stream.isatty()
+        self.started = time.perf_counter()
+
+    def __call__(self, event: Any) -> None:
+        if isinstance(event, ev.ExecutionCached) and event.nodes:
+            self._line(f"cached: {len(event.nodes)} node(s) reused")
+        elif isinstance(event, ev.NodeExecuting):
+            self.count += 1
+            self._line(f"[{self.count}] {event.node_type} (node {event.node_id})")
+        elif isinstance(event, ev.NodeProgress):
+            width = 30
+            filled = int(width * event.value / max(event.max, 1))
+            bar = "#" * filled + "-" * (width - filled)
+            text = f"    [{bar}] {event.value}/{event.max}"
+            if self.tty:
+                self.stream.write("\r" + text + ("\n" if event.value >= event.max else ""))
+                self.stream.flush()
+            elif event.value >= event.max:
+                self._line(text)
+        elif isinstance(event, ev.ExecutionFailed):
+            self._line(
+                f"error in node {event.node_id} ({event.node_type}): {event.exception_type}: {event.exception_message}"
+            )
+        elif isinstance(event, ev.ExecutionFinished):
+            self._line(
+                f"{event.status} in {time.perf_counter() - self.started:.2f}s "
+                f"({len(event.executed)} executed, {len(event.cached)} cached)"
+            )
+
+    def _line(self, text: str) -> None:
+        self.stream.write(text + "\n")
+        self.stream.flush()
+
+
+def _load(args: argparse.Namespace, runtime: Runtime) -> Workflow:
+    return load_workflow_file(args.workflow, runtime.registry)
+
+
+def _report_plugin_errors(runtime: Runtime, stream: TextIO) -> None:
+    for pack in runtime.plugins.failed():
+        if pack.error:
+            last = pack.error.strip().splitlines()[-1]
+            stream.write(f"warning: plugin {pack.name!r} failed to import and was skipped: {last}\n")
+        for message in pack.node_errors.values():
+            stream.write(f"warning: plugin {pack.name!r}: {message}\n")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    runtime = runtime_from_args(args)
+    _report_plugin_errors(runtime, sys.stderr)
+    workflow = _load(args, runtime)
+    for text in args.set:
+        node_id, name, value = parse_override(text)
+        workflow.set_input(node_id, name, value)
+    runtime.folders.create_directories()
+    from engine.graph.validate import validate_workflow
+
+    validated = validate_workflow(workflow, runtime.registry, args.target or None)
+    sink = ev.discard if args.quiet else ProgressPrinter(sys.stderr, len(validated.order))
+    extra = {"extra_pnginfo": {"workflow": workflow.ui_document}} if workflow.ui_document else {}
+    try:
+        result = runtime.executor.execute(validated, sink=sink, extra_data=extra)
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    for ui in result.ui_outputs.values():
+        for image in ui.get("images", []) if isinstance(ui, dict) else []:
+            if isinstance(image, dict) and "filename" in image:
+                folder = runtime.folders.roots(image.get("type", "output"))[0]
+                print(folder / image.get("subfolder", "") / image["filename"])
+    if result.errors:
+        for error in result.errors:
+            sys.stderr.write(f"\n{error}\n{error.traceback_text}")
+        return EXIT_FAILED
+    if result.status == "interrupted":
+        return EXIT_INTERRUPTED
+    return EXIT_OK
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from engine.graph.validate import validate_workflow
+
+    runtime = runtime_from_args(args)
+    workflow = _load(args, runtime)
+    try:
+        validated = validate_workflow(workflow, runtime.registry)
+    except WorkflowValidationError as exc:
+        if args.json:
+            print(json.dumps({"error": exc.prompt_error(), "node_errors": exc.node_errors()}, indent=2))
+        else:
+            print(exc)
+        return EXIT_INVALID
+    print(f"ok: {len(validated.order)} node(s) to run for {len(validated.targets)} output node(s)")
+    return EXIT_OK
+
+
+def cmd_nodes(args: argparse.Namespace) -> int:
+    runtime = runtime_from_args(args)
+    if args.json:
+        print(json.dumps(runtime.registry.object_info(), indent=1, default=str))
+        return EXIT_OK
+    rows = sorted(runtime.registry, key=lambda d: (d.category, d.node_type))
+    for definition in rows:
+        source = runtime.registry.source_of(definition.node_type)
+        print(f"{definition.category:<28} {definition.node_type:<32} {definition.title:<32} [{source}]")
+    _report_plugin_errors(runtime, sys.stdout)
+    return EXIT_OK
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from engine.server.app import serve
+
+    runtime = runtime_from_args(args)
+    _report_plugin_errors(runtime, sys.stderr)
+    runtime.folders.create_directories()
+    serve(runtime, host=args.listen, port=args.port)
+    return EXIT_OK
+
+
+COMMANDS = {"run": cmd_run, "validate": cmd_validate, "nodes": cmd_nodes, "serve": cmd_serve}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except WorkflowValidationError as exc:
+        sys.stderr.write(f"{exc}\n")
+        return EXIT_INVALID
+    except (WorkflowFormatError, ValueError, KeyError, DiffgraphError) as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        sys.stderr.write(f"error: {message}\n")
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

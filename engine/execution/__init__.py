@@ -1,0 +1,1 @@
+"""Execution: the executor, its content-keyed cache, events, progress and interrupt."""

@@ -1,0 +1,1 @@
+"""Workflow formats (API and UI), validation and dependency order. Knows nothing of torch."""

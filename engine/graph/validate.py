@@ -1,0 +1,357 @@
+"""Validation: find every problem in a workflow at once, per node and per input.
+
+The result of a successful validation is a `ValidatedWorkflow`: the nodes the targets need, in
+dependency order, with their constant inputs already converted to the declared types. The executor
+works from that and never re-checks.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine import errors as E
+from engine import types as T
+from engine.api import Input, NodeDefinition
+from engine.errors import ValidationIssue, WorkflowValidationError
+from engine.graph.workflow import Link, Workflow
+from engine.registry import NodeRegistry
+
+
+@dataclass(slots=True)
+class PreparedNode:
+    node_id: str
+    node_type: str
+    definition: NodeDefinition
+    constants: dict[str, Any]  # converted widget values
+    links: dict[str, Link]
+    lazy_inputs: frozenset[str] = frozenset()
+
+
+@dataclass
+class ValidatedWorkflow:
+    workflow: Workflow
+    targets: list[str]
+    order: list[str]  # every needed node, dependencies first
+    nodes: dict[str, PreparedNode] = field(default_factory=dict)
+    # The executor's per-node static cache-key parts, kept here so re-running the same validated
+    # workflow does not recompute them.
+    key_parts: dict[str, Any] = field(default_factory=dict)
+
+
+class _Validator:
+    def __init__(self, workflow: Workflow, registry: NodeRegistry):
+        self.workflow = workflow
+        self.registry = registry
+        self.issues: list[ValidationIssue] = []
+        # Source node ids per node, computed once (used by the reachability and ordering passes).
+        self.sources = {
+            node_id: [link.node_id for link in node.links().values() if link.node_id in workflow.nodes]
+            for node_id, node in workflow.nodes.items()
+        }
+
+    def issue(
+        self, code: str, message: str, node_id: str | None = None, input_name: str | None = None, **kw: Any
+    ):
+        node_type = self.workflow.nodes[node_id].node_type if node_id in self.workflow.nodes else None
+        self.issues.append(ValidationIssue(code, message, node_id, node_type, input_name, **kw))
+
+    def run(self, targets: Iterable[str] | None) -> ValidatedWorkflow:
+        target_list = self._targets(targets)
+        needed = self._needed(target_list)
+        order = self._order(needed)
+        prepared: dict[str, PreparedNode] = {}
+        for node_id in order or sorted(needed):
+            node = self._check_node(node_id)
+            if node is not None:
+                prepared[node_id] = node
+        if self.issues:
+            raise WorkflowValidationError(self.issues)
+        return ValidatedWorkflow(self.workflow, target_list, order, prepared)
+
+    # -- graph level ----------------------------------------------------------------------------
+
+    def _targets(self, targets: Iterable[str] | None) -> list[str]:
+        if targets is not None:
+            result = []
+            for target in targets:
+                target = str(target)
+                if target not in self.workflow.nodes:
+                    self.issue(E.INVALID_TARGET, f"requested output node {target!r} is not in the workflow")
+                else:
+                    result.append(target)
+            return result
+        result = []
+        for node_id, node in self.workflow.nodes.items():
+            definition = self.registry.get(node.node_type)
+            if definition is not None and definition.output_node:
+                result.append(node_id)
+        if not result:
+            self.issue(
+                E.PROMPT_NO_OUTPUTS,
+                "the workflow has no output node, so nothing would run",
+                details="add an output node such as SaveImage or PreviewImage",
+            )
+        return result
+
+    def _needed(self, targets: list[str]) -> set[str]:
+        needed: set[str] = set()
+        stack = list(targets)
+        while stack:
+            node_id = stack.pop()
+            if node_id in needed:
+                continue
+            needed.add(node_id)
+            stack.extend(self.sources[node_id])
+        return needed
+
+    def _order(self, needed: set[str]) -> list[str]:
+        """Depth-first topological order; reports every node on a cycle."""
+        order: list[str] = []
+        state: dict[str, int] = {}  # 1 = on the stack, 2 = done
+        sources = self.sources
+        for root in sorted(needed, key=_id_sort_key):
+            if root in state:
+                continue
+            stack: list[tuple[str, list[str]]] = [(root, list(sources[root]))]
+            state[root] = 1
+            while stack:
+                node_id, pending = stack[-1]
+                if pending:
+                    source = pending.pop()
+                    mark = state.get(source)
+                    if mark is None:
+                        state[source] = 1
+                        stack.append((source, list(sources[source])))
+                    elif mark == 1:
+                        cycle = [entry[0] for entry in stack[[e[0] for e in stack].index(source) :]]
+                        self._report_cycle(cycle)
+                        return []
+                else:
+                    state[node_id] = 2
+                    order.append(node_id)
+                    stack.pop()
+        return order
+
+    def _report_cycle(self, cycle: list[str]) -> None:
+        path = " -> ".join(cycle + [cycle[0]])
+        for node_id in cycle:
+            self.issue(
+                E.DEPENDENCY_CYCLE,
+                f"node is part of a dependency cycle: {path}",
+                node_id,
+                details="remove one of the links in the cycle",
+            )
+
+    # -- node level ----------------------------------------------------------------------------
+
+    def _check_node(self, node_id: str) -> PreparedNode | None:
+        node = self.workflow.nodes[node_id]
+        definition = self.registry.get(node.node_type)
+        if definition is None:
+            self.issue(
+                E.MISSING_NODE_TYPE,
+                f"node type {node.node_type!r} is not known",
+                node_id,
+                details="install the plugin that provides it into custom_nodes/ (or check its import error)",
+            )
+            return None
+        constants: dict[str, Any] = {}
+        links: dict[str, Link] = {}
+        specs = definition.current_inputs()
+        before = len(self.issues)
+        for spec in specs:
+            value = node.inputs.get(spec.name, _MISSING)
+            if value is _MISSING:
+                if not spec.optional:
+                    self.issue(
+                        E.REQUIRED_INPUT_MISSING,
+                        f"required input {spec.name!r} ({spec.type}) is missing",
+                        node_id,
+                        spec.name,
+                        details="connect a node to it" if not spec.is_widget else "give it a value",
+                    )
+                continue
+            if isinstance(value, Link):
+                if self._check_link(node_id, spec, value):
+                    links[spec.name] = value
+                continue
+            if not spec.is_widget:
+                self.issue(
+                    E.INVALID_INPUT_TYPE,
+                    f"input {spec.name!r} expects a link from a {spec.type} output, got the value {value!r}",
+                    node_id,
+                    spec.name,
+                    details="connect a node to it",
+                )
+                continue
+            converted = self._convert(node_id, spec, value, definition)
+            if converted is not _MISSING:
+                constants[spec.name] = converted
+        if definition.validate is not None and len(self.issues) == before:
+            self._custom_validate(node_id, definition, constants)
+        lazy = frozenset(s.name for s in specs if s.lazy)
+        return PreparedNode(node_id, node.node_type, definition, constants, links, lazy)
+
+    def _check_link(self, node_id: str, spec: Input, link: Link) -> bool:
+        source = self.workflow.nodes.get(link.node_id)
+        if source is None:
+            self.issue(
+                E.BAD_LINKED_INPUT,
+                f"input {spec.name!r} is linked to node {link.node_id!r}, which is not in the workflow",
+                node_id,
+                spec.name,
+                details="reconnect the input",
+            )
+            return False
+        source_def = self.registry.get(source.node_type)
+        if source_def is None:
+            return True  # the source's own missing_node_type issue says what is wrong
+        outputs = source_def.outputs
+        if not 0 <= link.output_index < len(outputs):
+            self.issue(
+                E.BAD_LINKED_INPUT,
+                f"input {spec.name!r} is linked to output {link.output_index} of node {link.node_id} "
+                f"({source.node_type}), which has {len(outputs)} output(s)",
+                node_id,
+                spec.name,
+                details="reconnect the input to an existing output",
+            )
+            return False
+        produced = outputs[link.output_index].type
+        wanted = spec.type if spec.type != T.COMBO else T.STRING
+        if not T.types_compatible(produced, wanted) and not (spec.type == T.COMBO and produced == T.COMBO):
+            self.issue(
+                E.RETURN_TYPE_MISMATCH,
+                f"input {spec.name!r} expects {spec.type} but node {link.node_id} ({source.node_type}) "
+                f"output {link.output_index} gives {produced}",
+                node_id,
+                spec.name,
+                details=f"connect a {spec.type} output instead",
+                extra={"received_type": produced, "linked_node": link.to_json()},
+            )
+            return False
+        return True
+
+    def _convert(self, node_id: str, spec: Input, value: Any, definition: NodeDefinition) -> Any:
+        try:
+            converted = convert_widget_value(spec, value)
+        except (TypeError, ValueError):
+            self.issue(
+                E.INVALID_INPUT_TYPE,
+                f"input {spec.name!r}: {value!r} is not a valid {spec.type}",
+                node_id,
+                spec.name,
+                details=f"give a {spec.type} value",
+                extra={"received_value": value},
+            )
+            return _MISSING
+        if spec.name in definition.validate_replaces:
+            return converted
+        if spec.type in (T.INT, T.FLOAT):
+            if spec.min is not None and converted < spec.min:
+                self.issue(
+                    E.VALUE_SMALLER_THAN_MIN,
+                    f"input {spec.name!r}: {converted} is smaller than the minimum {spec.min}",
+                    node_id,
+                    spec.name,
+                    details=f"use a value between {spec.min} and {spec.max}",
+                    extra={"received_value": converted},
+                )
+            elif spec.max is not None and converted > spec.max:
+                self.issue(
+                    E.VALUE_BIGGER_THAN_MAX,
+                    f"input {spec.name!r}: {converted} is bigger than the maximum {spec.max}",
+                    node_id,
+                    spec.name,
+                    details=f"use a value between {spec.min} and {spec.max}",
+                    extra={"received_value": converted},
+                )
+        elif spec.type == T.COMBO:
+            choices = self.registry.choices_for(spec) or []
+            if converted not in choices:
+                shown = ", ".join(map(str, choices[:20])) + (" ..." if len(choices) > 20 else "")
+                self.issue(
+                    E.VALUE_NOT_IN_LIST,
+                    f"input {spec.name!r}: {converted!r} is not among the choices",
+                    node_id,
+                    spec.name,
+                    details=f"choose one of: {shown}"
+                    if choices
+                    else "there are no choices (is the folder empty?)",
+                    extra={"received_value": converted, "input_config": choices[:100]},
+                )
+        return converted
+
+    def _custom_validate(self, node_id: str, definition: NodeDefinition, constants: dict[str, Any]) -> None:
+        assert definition.validate is not None
+        try:
+            params = inspect.signature(definition.validate).parameters
+            takes_all = any(p.kind == inspect.Parameter.VAR_KEYWORD for p in params.values())
+            arguments = {k: v for k, v in constants.items() if takes_all or k in params}
+            result = definition.validate(**arguments)
+        except Exception as exc:  # a plugin's validate hook must not take validation down
+            self.issue(
+                E.EXCEPTION_DURING_VALIDATION,
+                f"the node's validate hook raised {type(exc).__name__}: {exc}",
+                node_id,
+                details="this is a bug in the node; report it to its author",
+            )
+            return
+        messages: list[str] = []
+        if isinstance(result, str):
+            messages = [result]
+        elif isinstance(result, list | tuple):
+            messages = [str(m) for m in result if m not in (None, True)]
+        for message in messages:
+            self.issue(E.CUSTOM_VALIDATION_FAILED, message, node_id)
+
+
+_MISSING: Any = object()
+
+
+def _id_sort_key(node_id: str) -> tuple[int, int | str]:
+    return (0, int(node_id)) if node_id.isdigit() else (1, node_id)
+
+
+def convert_widget_value(spec: Input, value: Any) -> Any:
+    """Convert a JSON value to the widget's type the way ComfyUI does, raising ValueError if impossible."""
+    kind = spec.type
+    if kind == T.INT:
+        if isinstance(value, bool):
+            raise ValueError("a boolean is not an INT")
+        if isinstance(value, float):
+            if not math.isfinite(value):
+                raise ValueError("not finite")
+            return int(value)
+        return int(value) if isinstance(value, int) else int(str(value).strip())
+    if kind == T.FLOAT:
+        if isinstance(value, bool):
+            raise ValueError("a boolean is not a FLOAT")
+        result = float(value)
+        if not math.isfinite(result):
+            raise ValueError("not finite")
+        return result
+    if kind == T.BOOLEAN:
+        if isinstance(value, bool):
+            return value
+        if value in (0, 1):
+            return bool(value)
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        raise ValueError("not a boolean")
+    if kind == T.STRING:
+        if isinstance(value, dict | list):
+            raise ValueError("not a string")
+        return value if isinstance(value, str) else str(value)
+    return value  # COMBO: checked against the choices
+
+
+def validate_workflow(
+    workflow: Workflow, registry: NodeRegistry, targets: Iterable[str] | None = None
+) -> ValidatedWorkflow:
+    """Check the whole workflow; raise WorkflowValidationError listing every problem found."""
+    return _Validator(workflow, registry).run(targets)

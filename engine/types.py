@@ -1,0 +1,94 @@
+"""Socket types and the value conventions that travel along links.
+
+The names are ComfyUI's (DESIGN.md §1) so that workflows and plugins written for it connect here
+unchanged. Values on the wire:
+
+- IMAGE: float32 tensor (B, H, W, C) in 0..1
+- MASK: float32 tensor (B, H, W) in 0..1
+- LATENT: dict with "samples" (B, C, h, w) and optional "noise_mask", "batch_index"
+- CONDITIONING: list of [tensor (B, tokens, dim), {"pooled_output": ..., ...}] pairs
+"""
+
+from __future__ import annotations
+
+# Widget (primitive) types: values are typed into the node, or linked from another node.
+INT = "INT"
+FLOAT = "FLOAT"
+STRING = "STRING"
+BOOLEAN = "BOOLEAN"
+COMBO = "COMBO"
+
+WIDGET_TYPES = frozenset({INT, FLOAT, STRING, BOOLEAN, COMBO})
+
+# Model and data types: always links.
+MODEL = "MODEL"
+CLIP = "CLIP"
+VAE = "VAE"
+CONDITIONING = "CONDITIONING"
+LATENT = "LATENT"
+IMAGE = "IMAGE"
+MASK = "MASK"
+CONTROL_NET = "CONTROL_NET"
+UPSCALE_MODEL = "UPSCALE_MODEL"
+CLIP_VISION = "CLIP_VISION"
+CLIP_VISION_OUTPUT = "CLIP_VISION_OUTPUT"
+STYLE_MODEL = "STYLE_MODEL"
+GLIGEN = "GLIGEN"
+SIGMAS = "SIGMAS"
+SAMPLER = "SAMPLER"
+NOISE = "NOISE"
+GUIDER = "GUIDER"
+
+# Matches any socket type (ComfyUI's "*").
+ANY = "*"
+
+BUILTIN_SOCKET_TYPES = frozenset(
+    {
+        MODEL,
+        CLIP,
+        VAE,
+        CONDITIONING,
+        LATENT,
+        IMAGE,
+        MASK,
+        CONTROL_NET,
+        UPSCALE_MODEL,
+        CLIP_VISION,
+        CLIP_VISION_OUTPUT,
+        STYLE_MODEL,
+        GLIGEN,
+        SIGMAS,
+        SAMPLER,
+        NOISE,
+        GUIDER,
+        ANY,
+    }
+    | WIDGET_TYPES
+)
+
+
+def is_valid_type_name(name: object) -> bool:
+    """A socket type name is a non-empty upper-case-ish identifier, '*', or a comma-separated union.
+
+    Plugins may invent their own types (e.g. "BBOX"), so we check the shape of the name, not a list.
+    """
+    if not isinstance(name, str) or not name.strip():
+        return False
+    return all(part.strip() and not any(ch.isspace() for ch in part.strip()) for part in name.split(","))
+
+
+def _parts(type_name: str) -> frozenset[str]:
+    return frozenset(part.strip() for part in type_name.split(","))
+
+
+def types_compatible(output_type: str, input_type: str) -> bool:
+    """Can an output of `output_type` feed an input of `input_type`?
+
+    Same rule as ComfyUI: equal names, either side "*", or overlapping comma-separated unions
+    (e.g. an input declared "IMAGE,MASK" accepts both).
+    """
+    if ANY in (output_type, input_type) or output_type == input_type:
+        return True
+    if "," not in output_type and "," not in input_type:
+        return False
+    return bool(_parts(output_type) & _parts(input_type))

@@ -1,0 +1,96 @@
+"""The direction of imports (DESIGN.md §2) and the absence of import-time side effects, enforced."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[3]
+
+# package prefix -> module prefixes it must never import
+FORBIDDEN = {
+    "engine": ("nodes", "custom_nodes"),
+    "engine.diffusion": (
+        "engine.graph",
+        "engine.execution",
+        "engine.server",
+        "engine.plugins",
+        "engine.registry",
+        "engine.runtime",
+        "engine.cli",
+    ),
+    "engine.memory": ("engine.graph", "engine.execution", "engine.server", "engine.plugins", "engine.cli"),
+    "engine.graph": ("torch", "engine.diffusion", "engine.memory", "engine.execution", "engine.server"),
+    "engine.execution": ("torch", "engine.diffusion", "engine.memory", "engine.server"),
+    "engine.api": ("torch", "engine.diffusion", "engine.server"),
+}
+
+
+def imported_modules(path: Path, module: str) -> set[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    found: set[str] = set()
+    package = module.rsplit(".", 1)[0] if path.name != "__init__.py" else module
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[: len(base) - (node.level - 1)]
+                name = ".".join(base + ([node.module] if node.module else []))
+            else:
+                name = node.module or ""
+            found.add(name)
+            found.update(f"{name}.{alias.name}" for alias in node.names)
+    return found
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(REPO).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def test_layers_import_only_downwards():
+    violations = []
+    for path in sorted((REPO / "engine").rglob("*.py")):
+        module = module_name(path)
+        for importer, forbidden in FORBIDDEN.items():
+            if module != importer and not module.startswith(importer + "."):
+                continue
+            for name in imported_modules(path, module):
+                if any(name == f or name.startswith(f + ".") for f in forbidden):
+                    violations.append(f"{module} imports {name}")
+    assert not violations, "\n".join(violations)
+
+
+def test_node_packs_use_only_the_public_api():
+    allowed = ("engine.api", "engine.types")
+    violations = []
+    for root in (REPO / "nodes", REPO / "custom_nodes" / "example_pack"):
+        for path in sorted(root.rglob("*.py")):
+            for name in imported_modules(path, module_name(path)):
+                if name.startswith("engine") and not any(name == a or name.startswith(a + ".") for a in allowed):
+                    if name != "engine":
+                        violations.append(f"{path.relative_to(REPO)} imports {name}")
+    assert not violations, "\n".join(violations)
+
+
+def test_importing_the_engine_has_no_side_effects():
+    """No threads, no torch, no logging handlers, no files created by merely importing the engine."""
+    code = (
+        "import logging, sys, threading, os\n"
+        "before = set(os.listdir('.'))\n"
+        "import engine.api, engine.cli, engine.runtime, engine.registry, engine.folders\n"
+        "import engine.graph.loading, engine.graph.validate, engine.execution.executor, engine.plugins.loader\n"
+        "import engine.server.app\n"
+        "assert threading.active_count() == 1, threading.enumerate()\n"
+        "assert 'torch' not in sys.modules, 'torch imported at import time'\n"
+        "assert not logging.getLogger().handlers, 'logging configured at import time'\n"
+        "assert set(os.listdir('.')) == before, 'files created at import time'\n"
+    )
+    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert completed.returncode == 0, completed.stderr

@@ -1,0 +1,572 @@
+"""The latent-diffusion UNet of Stable Diffusion 1.x / 2.x / SDXL (base and refiner), in plain torch.
+
+Architecture: "High-Resolution Image Synthesis with Latent Diffusion Models" (Rombach et al. 2022) and
+"SDXL: Improving Latent Diffusion Models for High-Resolution Image Synthesis" (Podell et al. 2023); the
+module layout follows the CompVis ``openaimodel.UNetModel`` so that **parameter names are exactly the
+original checkpoint keys without the ``model.diffusion_model.`` prefix** (``input_blocks.0.0.weight``,
+``time_embed.0.weight``, ``label_emb.0.0.weight``, ``middle_block.1.proj_in.weight``, ``out.2.weight``).
+
+The config (`UNetConfig`) stores transformer depths per block rather than per level, so pruned and
+distilled variants fit: BK-SDM (fewer res blocks, no middle block), SSD-1B and Vega (varied depths).
+
+Forward contract
+----------------
+``UNetModel.forward(x, timesteps, context=None, y=None, control=None, transformer_options=None)``
+
+- ``x``: latents (B, in_channels, h, w); ``timesteps``: (B,) or scalar, in the 0..999 training scale;
+  ``context``: text tokens (B, T, context_dim); ``y``: the ADM vector (B, adm_in_channels) for SDXL
+  (see ``sdxl_conditioning.sdxl_adm``). Inputs are cast to the model's dtype; the output has ``x``'s dtype.
+- ``control`` (ControlNet / T2I-adapter residuals, ComfyUI semantics): a dict of lists of tensors or None.
+  Lists are consumed from the *end* (``pop()``) on a private copy, the caller's lists are not changed:
+    * ``"input"``: one entry popped after each input block and added to its output (before it is
+      stored as a skip connection);
+    * ``"middle"``: one entry popped and added after the middle block;
+    * ``"output"``: one entry popped per skip connection as the output blocks consume them (the
+      skips are consumed deepest first, so a list in input-block order lines up); this is where a
+      ControlNet's zero-conv outputs go.
+  A ``None`` entry or an exhausted list means "nothing to add".
+- ``transformer_options``: a dict passed down to patches; during the call its copy carries
+  ``"block": ("input" | "middle" | "output", index)``. Per-block patch point:
+  ``transformer_options["patches"]["block_output"]`` is a list of callables ``fn(h, transformer_options)
+  -> h`` applied, in order, to the output of every input, middle and output block (after ControlNet
+  residuals were added).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from .unet_blocks import (
+    NORM_GROUPS,
+    Downsample,
+    ResBlock,
+    SpatialTransformer,
+    TimestepBlock,
+    Upsample,
+    timestep_embedding,
+)
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    """Shape of a UNet. Transformer depths are given per block (0 = no transformer in that block).
+
+    - ``transformer_depth``: one entry per input res block, in ``input_blocks`` order
+      (length ``sum(num_res_blocks)``).
+    - ``transformer_depth_output``: one entry per output block, in ``output_blocks`` order (deepest level
+      first; length ``sum(num_res_blocks) + len(channel_mult)``).
+    - ``middle_block``: False for variants without one (BK-SDM small/tiny).
+      ``transformer_depth_middle``: None means the middle block is a single ResBlock.
+    - Attention heads: either ``num_heads`` (fixed count, SD1: 8) or ``num_head_channels`` (fixed
+      size, SD2/SDXL: 64; a block with fewer channels than that gets one head).
+    """
+
+    in_channels: int = 4
+    out_channels: int = 4
+    model_channels: int = 320
+    channel_mult: tuple[int, ...] = (1, 2, 4, 4)
+    num_res_blocks: tuple[int, ...] = (2, 2, 2, 2)
+    transformer_depth: tuple[int, ...] = (1, 1, 1, 1, 1, 1, 0, 0)
+    transformer_depth_output: tuple[int, ...] = (0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1)
+    middle_block: bool = True
+    transformer_depth_middle: int | None = 1
+    context_dim: int | None = 768
+    num_heads: int | None = 8
+    num_head_channels: int | None = None
+    use_linear_in_transformer: bool = False
+    adm_in_channels: int | None = None
+
+    def __post_init__(self) -> None:
+        levels = len(self.channel_mult)
+        if levels == 0 or len(self.num_res_blocks) != levels:
+            raise ValueError(
+                f"UNetConfig: num_res_blocks {self.num_res_blocks} needs one entry per level of "
+                f"channel_mult {self.channel_mult}"
+            )
+        if len(self.transformer_depth) != sum(self.num_res_blocks):
+            raise ValueError(
+                f"UNetConfig: transformer_depth {self.transformer_depth} needs one entry per input res "
+                f"block ({sum(self.num_res_blocks)})"
+            )
+        n_out = sum(self.num_res_blocks) + levels
+        if len(self.transformer_depth_output) != n_out:
+            raise ValueError(
+                f"UNetConfig: transformer_depth_output {self.transformer_depth_output} needs one entry "
+                f"per output block ({n_out})"
+            )
+        if self.has_transformers:
+            if (self.num_heads is None) == (self.num_head_channels is None):
+                raise ValueError("UNetConfig: give exactly one of num_heads and num_head_channels")
+            if self.context_dim is None:
+                raise ValueError("UNetConfig: transformers need a context_dim")
+        for mult in self.channel_mult:
+            if (self.model_channels * mult) % NORM_GROUPS:
+                raise ValueError(
+                    f"UNetConfig: model_channels*mult = {self.model_channels * mult} is not divisible "
+                    f"by the {NORM_GROUPS} GroupNorm groups"
+                )
+
+    @property
+    def has_transformers(self) -> bool:
+        return (
+            any(self.transformer_depth)
+            or any(self.transformer_depth_output)
+            or (self.middle_block and self.transformer_depth_middle is not None)
+        )
+
+    def heads_for(self, channels: int) -> tuple[int, int]:
+        """(number of heads, channels per head) for a transformer on ``channels`` channels."""
+        if self.num_heads is not None:
+            return self.num_heads, channels // self.num_heads
+        assert self.num_head_channels is not None
+        heads = max(1, channels // self.num_head_channels)
+        return heads, channels // heads
+
+    # ---- presets -------------------------------------------------------------------------------
+    @classmethod
+    def from_levels(
+        cls,
+        *,
+        channel_mult: tuple[int, ...],
+        num_res_blocks: int | tuple[int, ...],
+        level_depth: tuple[int, ...],
+        middle_depth: int | None,
+        **kw: Any,
+    ) -> UNetConfig:
+        """Build a config from one transformer depth per level (the original YAML style)."""
+        nrb = (
+            tuple(num_res_blocks)
+            if isinstance(num_res_blocks, tuple)
+            else (num_res_blocks,) * len(channel_mult)
+        )
+        depth_in = tuple(d for d, n in zip(level_depth, nrb, strict=True) for _ in range(n))
+        depth_out = tuple(
+            d for d, n in reversed(list(zip(level_depth, nrb, strict=True))) for _ in range(n + 1)
+        )
+        return cls(
+            channel_mult=channel_mult,
+            num_res_blocks=nrb,
+            transformer_depth=depth_in,
+            transformer_depth_output=depth_out,
+            transformer_depth_middle=middle_depth,
+            **kw,
+        )
+
+    @classmethod
+    def sd15(cls, *, in_channels: int = 4) -> UNetConfig:
+        """SD 1.x (v1-inference.yaml): 320 channels, CLIP ViT-L context (768), 8 heads, conv proj."""
+        return cls.from_levels(
+            channel_mult=(1, 2, 4, 4),
+            num_res_blocks=2,
+            level_depth=(1, 1, 1, 0),
+            middle_depth=1,
+            in_channels=in_channels,
+            model_channels=320,
+            context_dim=768,
+            num_heads=8,
+        )
+
+    @classmethod
+    def sd2(cls, *, in_channels: int = 4) -> UNetConfig:
+        """SD 2.x (v2-inference(-v).yaml): OpenCLIP ViT-H context (1024), 64-channel heads, linear proj."""
+        return cls.from_levels(
+            channel_mult=(1, 2, 4, 4),
+            num_res_blocks=2,
+            level_depth=(1, 1, 1, 0),
+            middle_depth=1,
+            in_channels=in_channels,
+            model_channels=320,
+            context_dim=1024,
+            num_heads=None,
+            num_head_channels=64,
+            use_linear_in_transformer=True,
+        )
+
+    @classmethod
+    def sdxl(cls, *, in_channels: int = 4) -> UNetConfig:
+        """SDXL base (sd_xl_base.yaml): 3 levels, depths 0/2/10, context 2048, ADM 2816."""
+        return cls.from_levels(
+            channel_mult=(1, 2, 4),
+            num_res_blocks=2,
+            level_depth=(0, 2, 10),
+            middle_depth=10,
+            in_channels=in_channels,
+            model_channels=320,
+            context_dim=2048,
+            num_heads=None,
+            num_head_channels=64,
+            use_linear_in_transformer=True,
+            adm_in_channels=2816,
+        )
+
+    @classmethod
+    def sdxl_refiner(cls) -> UNetConfig:
+        """SDXL refiner (sd_xl_refiner.yaml): 384 channels, depths 0/4/4/0, context 1280, ADM 2560."""
+        return cls.from_levels(
+            channel_mult=(1, 2, 4, 4),
+            num_res_blocks=2,
+            level_depth=(0, 4, 4, 0),
+            middle_depth=4,
+            model_channels=384,
+            context_dim=1280,
+            num_heads=None,
+            num_head_channels=64,
+            use_linear_in_transformer=True,
+            adm_in_channels=2560,
+        )
+
+    @classmethod
+    def tiny(cls, *, in_channels: int = 4, context_dim: int = 32) -> UNetConfig:
+        """SD1-shaped test model: 2 levels of 32/64 channels, one res block each, 8 heads, conv proj."""
+        return cls.from_levels(
+            channel_mult=(1, 2),
+            num_res_blocks=1,
+            level_depth=(1, 1),
+            middle_depth=1,
+            in_channels=in_channels,
+            model_channels=32,
+            context_dim=context_dim,
+            num_heads=8,
+        )
+
+    @classmethod
+    def tiny_sd2(cls, *, in_channels: int = 4, context_dim: int = 32) -> UNetConfig:
+        """SD2-shaped test model: linear proj, 64-channel heads (one head per block at this size)."""
+        return dataclasses.replace(
+            cls.tiny(in_channels=in_channels, context_dim=context_dim),
+            num_heads=None,
+            num_head_channels=64,
+            use_linear_in_transformer=True,
+        )
+
+    @classmethod
+    def tiny_sdxl(cls, *, context_dim: int = 64, pooled_dim: int = 32) -> UNetConfig:
+        """SDXL-shaped test model: no transformer at level 0, depth 2 below, ADM = pooled + 6*256."""
+        return cls.from_levels(
+            channel_mult=(1, 2),
+            num_res_blocks=1,
+            level_depth=(0, 2),
+            middle_depth=2,
+            model_channels=32,
+            context_dim=context_dim,
+            num_heads=None,
+            num_head_channels=64,
+            use_linear_in_transformer=True,
+            adm_in_channels=pooled_dim + 6 * 256,
+        )
+
+    @classmethod
+    def tiny_sdxl_refiner(cls, *, context_dim: int = 32, pooled_dim: int = 32) -> UNetConfig:
+        """SDXL-refiner-shaped test model: ADM = pooled + 5*256 (size, crop, aesthetic score)."""
+        return dataclasses.replace(
+            cls.tiny_sdxl(context_dim=context_dim, pooled_dim=pooled_dim),
+            adm_in_channels=pooled_dim + 5 * 256,
+        )
+
+
+class UNetModel(nn.Module):
+    """The LDM/SGM UNet; see the module docstring for the forward contract."""
+
+    def __init__(self, config: UNetConfig, dtype: torch.dtype | None = None, device: Any = None):
+        super().__init__()
+        self.config = config
+        fk: dict[str, Any] = {"dtype": dtype, "device": device}
+        mc = config.model_channels
+        ted = mc * 4
+        self.time_embed = nn.Sequential(nn.Linear(mc, ted, **fk), nn.SiLU(), nn.Linear(ted, ted, **fk))
+        self.label_emb: nn.Sequential | None = None
+        if config.adm_in_channels is not None:
+            # Key layout label_emb.0.0 / label_emb.0.2: SGM's num_classes="sequential" wraps the MLP twice.
+            self.label_emb = nn.Sequential(
+                nn.Sequential(
+                    nn.Linear(config.adm_in_channels, ted, **fk), nn.SiLU(), nn.Linear(ted, ted, **fk)
+                )
+            )
+
+        def transformer(ch: int, depth: int) -> SpatialTransformer:
+            heads, dim_head = config.heads_for(ch)
+            return SpatialTransformer(
+                ch,
+                heads,
+                dim_head,
+                depth,
+                config.context_dim,
+                use_linear=config.use_linear_in_transformer,
+                **fk,
+            )
+
+        self.input_blocks = nn.ModuleList(
+            [TimestepBlock([nn.Conv2d(config.in_channels, mc, 3, padding=1, **fk)])]
+        )
+        skip_channels = [mc]
+        ch = mc
+        depth_in = iter(config.transformer_depth)
+        last = len(config.channel_mult) - 1
+        for level, mult in enumerate(config.channel_mult):
+            for _ in range(config.num_res_blocks[level]):
+                layers: list[nn.Module] = [ResBlock(ch, ted, mc * mult, **fk)]
+                ch = mc * mult
+                depth = next(depth_in)
+                if depth > 0:
+                    layers.append(transformer(ch, depth))
+                self.input_blocks.append(TimestepBlock(layers))
+                skip_channels.append(ch)
+            if level != last:
+                self.input_blocks.append(TimestepBlock([Downsample(ch, ch, **fk)]))
+                skip_channels.append(ch)
+
+        self.middle_block: TimestepBlock | None = None
+        if config.middle_block:
+            mid: list[nn.Module] = [ResBlock(ch, ted, ch, **fk)]
+            if config.transformer_depth_middle is not None:
+                mid += [transformer(ch, config.transformer_depth_middle), ResBlock(ch, ted, ch, **fk)]
+            self.middle_block = TimestepBlock(mid)
+
+        self.output_blocks = nn.ModuleList()
+        depth_out = iter(config.transformer_depth_output)
+        for level, mult in reversed(list(enumerate(config.channel_mult))):
+            for i in range(config.num_res_blocks[level] + 1):
+                layers = [ResBlock(ch + skip_channels.pop(), ted, mc * mult, **fk)]
+                ch = mc * mult
+                depth = next(depth_out)
+                if depth > 0:
+                    layers.append(transformer(ch, depth))
+                if level and i == config.num_res_blocks[level]:
+                    layers.append(Upsample(ch, ch, **fk))
+                self.output_blocks.append(TimestepBlock(layers))
+
+        self.out = nn.Sequential(
+            nn.GroupNorm(NORM_GROUPS, ch, **fk),
+            nn.SiLU(),
+            nn.Conv2d(mc, config.out_channels, 3, padding=1, **fk),
+        )
+
+    @property
+    def dtype(self) -> torch.dtype:
+        first: nn.Linear = self.time_embed[0]  # type: ignore[assignment]
+        return first.weight.dtype
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        timesteps: torch.Tensor | float,
+        context: torch.Tensor | None = None,
+        y: torch.Tensor | None = None,
+        control: Mapping[str, list[torch.Tensor | None]] | None = None,
+        transformer_options: dict[str, Any] | None = None,
+    ) -> torch.Tensor:
+        dtype = self.dtype
+        out_dtype = x.dtype
+        batch = x.shape[0]
+        opts: dict[str, Any] = dict(transformer_options or {})
+        patches = list((opts.get("patches") or {}).get("block_output", ()))
+        ctrl = {k: list(v) for k, v in control.items() if v is not None} if control else {}
+
+        def add_control(h: torch.Tensor, name: str) -> torch.Tensor:
+            lst = ctrl.get(name)
+            if lst:
+                residual = lst.pop()
+                if residual is not None:
+                    h = h + residual.to(h.dtype)
+            return h
+
+        def patch(h: torch.Tensor, kind: str, index: int) -> torch.Tensor:
+            if patches:
+                opts["block"] = (kind, index)
+                for fn in patches:
+                    h = fn(h, opts)
+            return h
+
+        t = torch.as_tensor(timesteps, device=x.device)
+        if t.ndim == 0:
+            t = t.expand(batch)
+        emb = self.time_embed(timestep_embedding(t, self.config.model_channels).to(dtype))
+        if self.label_emb is not None:
+            if y is None:
+                raise ValueError(
+                    "UNetModel: this UNet has an ADM/label embedding (SDXL); pass y, e.g. built with "
+                    "engine.diffusion.models.sdxl_conditioning.sdxl_adm"
+                )
+            emb = emb + self.label_emb(y.to(dtype))
+        if context is not None:
+            context = context.to(dtype)
+        elif self.config.has_transformers:
+            raise ValueError("UNetModel: this UNet has cross-attention; pass context (text tokens)")
+
+        h = x.to(dtype)
+        hs: list[torch.Tensor] = []
+        for i, block in enumerate(self.input_blocks):
+            h = block(h, emb, context)
+            h = add_control(h, "input")
+            h = patch(h, "input", i)
+            hs.append(h)
+        if self.middle_block is not None:
+            h = self.middle_block(h, emb, context)
+        h = add_control(h, "middle")
+        h = patch(h, "middle", 0)
+        for i, block in enumerate(self.output_blocks):
+            skip = add_control(hs.pop(), "output")
+            h = torch.cat([h, skip], dim=1)
+            size = tuple(hs[-1].shape[-2:]) if hs else None
+            h = block(h, emb, context, size)
+            h = patch(h, "output", i)
+        norm, _, conv = self.out
+        h = conv(torch.nn.functional.silu(norm(h)))
+        return h.to(out_dtype)
+
+
+# ---- config inference ---------------------------------------------------------------------------
+
+_BLOCK_RE = re.compile(r"^(input_blocks|output_blocks)\.(\d+)\.")
+
+
+def _depth(sd: Mapping[str, torch.Tensor], prefix: str) -> int:
+    """Number of transformer blocks under ``prefix`` (e.g. ``input_blocks.1.1.``)."""
+    ids = set()
+    pat = re.compile(re.escape(prefix) + r"transformer_blocks\.(\d+)\.")
+    for key in sd:
+        m = pat.match(key)
+        if m:
+            ids.add(int(m.group(1)))
+    return len(ids)
+
+
+def unet_config_from_state_dict(
+    sd: Mapping[str, torch.Tensor],
+    *,
+    num_heads: int | None = None,
+    num_head_channels: int | None = None,
+) -> UNetConfig:
+    """Infer a `UNetConfig` from UNet weights (keys without the ``model.diffusion_model.`` prefix).
+
+    Everything except the attention head layout is read from key names and shapes. The head
+    count/size does not show in any shape, so it comes from the arguments; without them it defaults
+    by context width: 768 (CLIP ViT-L, SD1) -> 8 heads, anything else (SD2, SDXL) -> 64-channel heads.
+    Raises ValueError naming the keys when the dict is not an LDM UNet.
+    """
+    if num_heads is not None and num_head_channels is not None:
+        raise ValueError("unet_config_from_state_dict: pass num_heads or num_head_channels, not both")
+
+    def need(key: str) -> torch.Tensor:
+        if key not in sd:
+            sample = ", ".join(sorted(sd)[:5])
+            raise ValueError(
+                f"not an LDM UNet state dict: key {key!r} is missing (first keys: {sample}). "
+                "Strip the 'model.diffusion_model.' prefix before calling unet_config_from_state_dict."
+            )
+        return sd[key]
+
+    w_in = need("input_blocks.0.0.weight")
+    w_out = need("out.2.weight")
+    if w_in.ndim != 4:
+        raise ValueError(f"input_blocks.0.0.weight has shape {tuple(w_in.shape)}; expected a 4-D conv weight")
+    model_channels, in_channels = int(w_in.shape[0]), int(w_in.shape[1])
+    out_channels = int(w_out.shape[0])
+
+    n_in = 1 + max(
+        (int(m.group(2)) for k in sd if (m := _BLOCK_RE.match(k)) and m.group(1)[0] == "i"), default=0
+    )
+    n_out = 1 + max(
+        (int(m.group(2)) for k in sd if (m := _BLOCK_RE.match(k)) and m.group(1)[0] == "o"), default=-1
+    )
+
+    channel_mult: list[int] = []
+    num_res_blocks: list[int] = []
+    depth_in: list[int] = []
+    count = 0
+    context_dim: int | None = None
+    use_linear: bool | None = None
+
+    def read_transformer(prefix: str) -> int:
+        nonlocal context_dim, use_linear
+        if f"{prefix}proj_in.weight" not in sd:
+            return 0
+        use_linear = sd[f"{prefix}proj_in.weight"].ndim == 2
+        depth = _depth(sd, prefix)
+        k = f"{prefix}transformer_blocks.0.attn2.to_k.weight"
+        if depth and k in sd:
+            context_dim = int(sd[k].shape[1])
+        return depth
+
+    for i in range(1, n_in):
+        p = f"input_blocks.{i}.0."
+        if f"{p}op.weight" in sd:
+            num_res_blocks.append(count)
+            count = 0
+            continue
+        w = need(f"{p}in_layers.2.weight")
+        mult, rem = divmod(int(w.shape[0]), model_channels)
+        if rem:
+            raise ValueError(
+                f"{p}in_layers.2.weight: {w.shape[0]} channels is not a multiple of {model_channels}"
+            )
+        if count == 0:
+            channel_mult.append(mult)
+        elif channel_mult[-1] != mult:
+            raise ValueError(f"{p}in_layers.2.weight: channel count changes inside a level")
+        count += 1
+        depth_in.append(read_transformer(f"input_blocks.{i}.1."))
+    num_res_blocks.append(count)
+    if len(channel_mult) != len(num_res_blocks) or 0 in num_res_blocks:
+        raise ValueError(
+            f"cannot read the UNet levels from input_blocks (res blocks per level: {num_res_blocks}); "
+            "a level without res blocks is not supported"
+        )
+
+    depth_out: list[int] = []
+    for i in range(n_out):
+        need(f"output_blocks.{i}.0.in_layers.2.weight")
+        depth_out.append(read_transformer(f"output_blocks.{i}.1."))
+    expected_out = sum(num_res_blocks) + len(num_res_blocks)
+    if n_out != expected_out:
+        raise ValueError(
+            f"UNet has {n_out} output_blocks but its input_blocks (res blocks per level {num_res_blocks}) "
+            f"imply {expected_out}; this layout is not supported"
+        )
+
+    has_middle = "middle_block.0.in_layers.0.weight" in sd
+    depth_mid: int | None = None
+    if has_middle and "middle_block.1.in_layers.0.weight" not in sd and "middle_block.1.norm.weight" in sd:
+        depth_mid = read_transformer("middle_block.1.")
+    elif has_middle and "middle_block.1.in_layers.0.weight" in sd:
+        raise ValueError(
+            "middle_block.1 is a ResBlock; a middle block without transformer but two ResBlocks is not supported"
+        )
+
+    adm = int(sd["label_emb.0.0.weight"].shape[1]) if "label_emb.0.0.weight" in sd else None
+
+    has_tf = any(depth_in) or any(depth_out) or depth_mid is not None
+    heads: int | None = None
+    head_ch: int | None = None
+    if has_tf:
+        if num_heads is not None:
+            heads = num_heads
+        elif num_head_channels is not None:
+            head_ch = num_head_channels
+        elif context_dim == 768:
+            heads = 8
+        else:
+            head_ch = 64
+    return UNetConfig(
+        in_channels=in_channels,
+        out_channels=out_channels,
+        model_channels=model_channels,
+        channel_mult=tuple(channel_mult),
+        num_res_blocks=tuple(num_res_blocks),
+        transformer_depth=tuple(depth_in),
+        transformer_depth_output=tuple(depth_out),
+        middle_block=has_middle,
+        transformer_depth_middle=depth_mid,
+        context_dim=context_dim,
+        num_heads=heads,
+        num_head_channels=head_ch,
+        use_linear_in_transformer=bool(use_linear),
+        adm_in_channels=adm,
+    )

@@ -1,0 +1,388 @@
+"""The guided denoiser: ComfyUI CONDITIONING lists → D(x, sigma) with classifier-free guidance.
+
+Classifier-free guidance (Ho & Salimans 2022): D = D_uncond + cfg·(D_cond − D_uncond), applied to
+the x0 estimates. Each side is a CONDITIONING list ``[[context (B, tokens, dim), {options}], ...]``;
+the options understood here are ComfyUI's:
+
+* "pooled_output" (+ "width", "height", "crop_w", ... for SDXL) → the UNet's ``y`` via the model's
+  ``adm_builder``;
+* "area": (h, w, y, x) in latent pixels (ConditioningSetArea stores pixels // 8), or
+  ("percentage", h, w, y, x) as fractions of the latent (ConditioningSetAreaPercentage);
+* "strength" (default 1); "mask" (any resolution, resized to the latent), "mask_strength",
+  "set_area_to_bounds" (evaluate only the mask's bounding box);
+* "start_percent"/"end_percent" (ConditioningSetTimestepRange: fractions 0..1 of the schedule);
+* "control": a ControlNet-like object with ``get_control(x, sigma, context, y) -> {"input": [...],
+  "middle": [...], "output": [...]}`` (residuals handed to the UNet's ``control`` argument);
+* "concat_latent_image"/"concat_mask" for inpainting UNets.
+
+Entries of one side are combined as ComfyUI does: each entry's prediction is weighted by its
+mask × strength (areas without a mask get an 8-pixel feathered edge) and overlapping regions are
+averaged by the summed weights. Compatible entries (same region shape, same extra inputs, token
+lengths with a small common multiple) of both sides run in one batched UNet call.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from .diffusion_model import DiffusionModel, _to_batch
+from .model_sampling import ModelSampling
+
+Conditioning = Sequence[Sequence[Any]]  # [[tensor, dict], ...]
+CfgFunction = Callable[[torch.Tensor, torch.Tensor, float, torch.Tensor, torch.Tensor], torch.Tensor]
+
+_FEATHER = 8  # latent pixels of linear ramp at area edges that do not touch the image border
+
+
+@dataclass
+class PreparedCond:
+    """One CONDITIONING entry resolved for a given latent shape."""
+
+    context: torch.Tensor
+    y: torch.Tensor | None = None
+    c_concat: torch.Tensor | None = None
+    area: tuple[int, int, int, int] | None = None  # (h, w, y, x), latent pixels, clamped to the latent
+    mult: torch.Tensor | float = 1.0  # weight over the area: float, or (Bm, 1, h, w)
+    sigma_start: float = math.inf  # active while sigma <= sigma_start
+    sigma_end: float = 0.0  # ... and sigma >= sigma_end
+    control: Any = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def active(self, sigma: float) -> bool:
+        return self.sigma_end <= sigma <= self.sigma_start
+
+
+def _area_from_options(opts: Mapping[str, Any], h: int, w: int) -> tuple[int, int, int, int] | None:
+    area = opts.get("area")
+    if area is None:
+        return None
+    if isinstance(area[0], str):
+        if area[0] != "percentage":
+            raise ValueError(
+                f"conditioning 'area' {area!r}: expected (h, w, y, x) or ('percentage', h, w, y, x)"
+            )
+        _, ph, pw, py, px = area
+        area = (max(1, round(ph * h)), max(1, round(pw * w)), round(py * h), round(px * w))
+    ah, aw, ay, ax = (int(v) for v in area)
+    ay, ax = min(max(ay, 0), h - 1), min(max(ax, 0), w - 1)
+    # ComfyUI clamps the size so the area fits: size = min(dim - offset, size).
+    return (max(1, min(h - ay, ah)), max(1, min(w - ax, aw)), ay, ax)
+
+
+def _feather(length: int, offset: int, full: int) -> torch.Tensor:
+    ramp = torch.ones(length)
+    steps = (torch.arange(_FEATHER, dtype=torch.float32) + 1) / _FEATHER
+    if offset != 0:
+        n = min(_FEATHER, length)
+        ramp[:n] *= steps[:n]
+    if offset + length < full:
+        for t in range(min(_FEATHER, length)):
+            ramp[length - 1 - t] *= steps[t]
+    return ramp
+
+
+def _mask_bounds(mask: torch.Tensor) -> tuple[int, int, int, int] | None:
+    m = mask.abs().amax(dim=0) > 0
+    if not bool(m.any()):
+        return None
+    rows = torch.nonzero(m.any(dim=1)).flatten()
+    cols = torch.nonzero(m.any(dim=0)).flatten()
+    y0, y1, x0, x1 = int(rows[0]), int(rows[-1]), int(cols[0]), int(cols[-1])
+    return (max(8, y1 - y0 + 1), max(8, x1 - x0 + 1), y0, x0)
+
+
+def prepare_conditioning(
+    conds: Conditioning,
+    model: DiffusionModel,
+    like: torch.Tensor,
+    *,
+    latent_image: torch.Tensor | None = None,
+    denoise_mask: torch.Tensor | None = None,
+) -> list[PreparedCond]:
+    """Resolve a CONDITIONING list against a latent shaped like ``like`` (B, C, h, w)."""
+    b, _, h, w = like.shape
+    ms = model.model_sampling
+    out: list[PreparedCond] = []
+    for idx, item in enumerate(conds):
+        if not isinstance(item, (list, tuple)) or len(item) < 2 or not isinstance(item[1], Mapping):
+            raise ValueError(
+                f"CONDITIONING entry {idx} must be [tensor, dict], got {type(item).__name__}; "
+                "conditioning comes from CLIPTextEncode-style nodes as a list of [tensor, dict] pairs"
+            )
+        context, opts = item[0], item[1]
+        if not isinstance(context, torch.Tensor) or context.ndim != 3:
+            raise ValueError(
+                f"CONDITIONING entry {idx}: expected a (batch, tokens, dim) tensor, got {getattr(context, 'shape', context)}"
+            )
+        area = _area_from_options(opts, h, w)
+        mult: torch.Tensor | float = float(opts.get("strength", 1.0))
+        mask = opts.get("mask")
+        if mask is not None:
+            mask = torch.as_tensor(mask, dtype=torch.float32)
+            if mask.ndim == 2:
+                mask = mask.unsqueeze(0)
+            if tuple(mask.shape[-2:]) != (h, w):
+                mask = F.interpolate(
+                    mask.reshape(-1, 1, *mask.shape[-2:]), size=(h, w), mode="bilinear", align_corners=False
+                ).squeeze(1)
+            if opts.get("set_area_to_bounds", False):
+                bounds = _mask_bounds(mask)
+                area = (8, 8, 0, 0) if bounds is None else _area_from_options({"area": bounds}, h, w)
+            m = mask * float(opts.get("mask_strength", 1.0))
+            if area is not None:
+                ah, aw, ay, ax = area
+                m = m[:, ay : ay + ah, ax : ax + aw]
+            mult = m.unsqueeze(1) * mult
+        elif area is not None:
+            ah, aw, ay, ax = area
+            ramp = _feather(ah, ay, h)[:, None] * _feather(aw, ax, w)[None, :]
+            mult = ramp.reshape(1, 1, ah, aw) * mult
+        if isinstance(mult, torch.Tensor):
+            mult = mult.to(like.device, like.dtype)
+        width = int(opts.get("width", w * 8))
+        height = int(opts.get("height", h * 8))
+        y = model.encode_adm(opts, width, height)
+        c_concat = model.concat_cond(like, latent_image=latent_image, denoise_mask=denoise_mask, cond=opts)
+        start = float(opts.get("start_percent", 0.0))
+        end = float(opts.get("end_percent", 1.0))
+        out.append(
+            PreparedCond(
+                context=context,
+                y=y,
+                c_concat=c_concat,
+                area=area,
+                mult=mult,
+                sigma_start=ms.percent_to_sigma(start),
+                sigma_end=ms.percent_to_sigma(end),
+                control=opts.get("control"),
+            )
+        )
+    return out
+
+
+@dataclass
+class _Job:
+    side: int  # 0 = cond, 1 = uncond
+    cond: PreparedCond
+    x: torch.Tensor
+
+
+def _can_join(lengths: list[int], new: int) -> bool:
+    allv = lengths + [new]
+    return math.lcm(*allv) // min(allv) <= 4
+
+
+class CFGDenoiser:
+    """D(x, sigma) for a positive and a negative CONDITIONING with guidance scale ``cfg``.
+
+    cfg == 1 evaluates only the positive side (one UNet call instead of two). ``cfg_function`` can
+    replace the guidance combination (cond, uncond, cfg, x, sigma) -> denoised, for plugins.
+    ``max_batch`` caps how many latent items go into one UNet call (None = no cap).
+    """
+
+    def __init__(
+        self,
+        model: DiffusionModel,
+        positive: Conditioning,
+        negative: Conditioning | None,
+        cfg: float,
+        *,
+        like: torch.Tensor,
+        latent_image: torch.Tensor | None = None,
+        denoise_mask: torch.Tensor | None = None,
+        cfg_function: CfgFunction | None = None,
+        transformer_options: dict[str, Any] | None = None,
+        max_batch: int | None = None,
+    ) -> None:
+        self.model = model
+        self.cfg = float(cfg)
+        self.cfg_function = cfg_function
+        self.transformer_options = dict(transformer_options or {})
+        self.max_batch = max_batch
+        kw = {"latent_image": latent_image, "denoise_mask": denoise_mask}
+        self.positive = prepare_conditioning(positive, model, like, **kw)
+        self.skip_uncond = math.isclose(self.cfg, 1.0)
+        self.negative: list[PreparedCond] = []
+        if not self.skip_uncond:
+            if not negative:
+                raise ValueError(
+                    "cfg != 1 needs a negative CONDITIONING (connect one, e.g. an empty prompt), or set cfg to 1"
+                )
+            self.negative = prepare_conditioning(negative, model, like, **kw)
+        if not self.positive:
+            raise ValueError("the positive CONDITIONING is empty; connect a text encoder output")
+        self.model_calls = 0
+
+    @property
+    def model_sampling(self) -> ModelSampling:
+        return self.model.model_sampling
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        s = float(sigma.reshape(-1)[0])
+        sides = [self.positive] if self.skip_uncond else [self.positive, self.negative]
+        jobs: list[_Job] = []
+        for side, conds in enumerate(sides):
+            for c in conds:
+                if not c.active(s):
+                    continue
+                xi = x
+                if c.area is not None:
+                    ah, aw, ay, ax = c.area
+                    xi = x[:, :, ay : ay + ah, ax : ax + aw]
+                jobs.append(_Job(side, c, xi))
+        results = self._run(jobs, x, sigma)
+        preds = [
+            self._combine(x, [(j, r) for j, r in zip(jobs, results, strict=True) if j.side == k])
+            for k in range(len(sides))
+        ]
+        if self.skip_uncond:
+            return preds[0]
+        if self.cfg_function is not None:
+            return self.cfg_function(preds[0], preds[1], self.cfg, x, sigma)
+        return preds[1] + (preds[0] - preds[1]) * self.cfg
+
+    # ---- batching --------------------------------------------------------------------------
+    def _run(self, jobs: list[_Job], x: torch.Tensor, sigma: torch.Tensor) -> list[torch.Tensor]:
+        b = x.shape[0]
+        groups: list[list[int]] = []
+        keys: list[tuple[Any, ...]] = []
+        for i, j in enumerate(jobs):
+            c = j.cond
+            key = (
+                tuple(j.x.shape[2:]),
+                c.context.shape[2],
+                None if c.y is None else tuple(c.y.shape[1:]),
+                None if c.c_concat is None else c.c_concat.shape[1],
+                id(c.control) if c.control is not None else None,
+            )
+            for g, k in zip(groups, keys, strict=True):
+                lengths = [jobs[m].cond.context.shape[1] for m in g]
+                fits = self.max_batch is None or (len(g) + 1) * b <= self.max_batch
+                if k == key and fits and _can_join(lengths, c.context.shape[1]):
+                    g.append(i)
+                    break
+            else:
+                groups.append([i])
+                keys.append(key)
+        results: list[torch.Tensor | None] = [None] * len(jobs)
+        for g in groups:
+            outs = self._forward([jobs[i] for i in g], sigma, b)
+            for i, o in zip(g, outs, strict=True):
+                results[i] = o
+        return [r for r in results if r is not None]
+
+    def _forward(self, group: list[_Job], sigma: torch.Tensor, b: int) -> list[torch.Tensor]:
+        length = math.lcm(*(j.cond.context.shape[1] for j in group))
+        xs, ctxs, ys, concats = [], [], [], []
+        for j in group:
+            c = j.cond
+            xs.append(j.x)
+            ctx = _to_batch(c.context.to(j.x.device), b)
+            # Repeating the token sequence leaves cross-attention unchanged (each key/value appears
+            # the same number of times, so the softmax weights split evenly) - ComfyUI does the same.
+            ctxs.append(ctx.repeat(1, length // ctx.shape[1], 1) if ctx.shape[1] != length else ctx)
+            if c.y is not None:
+                ys.append(_to_batch(c.y.to(j.x.device), b))
+            if c.c_concat is not None:
+                cc = c.c_concat
+                if c.area is not None:
+                    ah, aw, ay, ax = c.area
+                    cc = cc[:, :, ay : ay + ah, ax : ax + aw]
+                concats.append(_to_batch(cc, b))
+        xb = torch.cat(xs) if len(xs) > 1 else xs[0]
+        sb = sigma.reshape(-1)[:1].expand(xb.shape[0]).to(xb.dtype)
+        ctx_b = torch.cat(ctxs) if len(ctxs) > 1 else ctxs[0]
+        y_b = (torch.cat(ys) if len(ys) > 1 else ys[0]) if ys else None
+        cc_b = (torch.cat(concats) if len(concats) > 1 else concats[0]) if concats else None
+        control = group[0].cond.control
+        ctrl = control.get_control(xb, sb, ctx_b, y_b) if control is not None else None
+        topts = dict(self.transformer_options)
+        topts["cond_or_uncond"] = [j.side for j in group]
+        topts["sigmas"] = sb
+        self.model_calls += 1
+        out = self.model.apply(
+            xb, sb, context=ctx_b, y=y_b, c_concat=cc_b, control=ctrl, transformer_options=topts
+        )
+        return list(out.split(b)) if len(group) > 1 else [out]
+
+    @staticmethod
+    def _combine(x: torch.Tensor, items: list[tuple[_Job, torch.Tensor]]) -> torch.Tensor:
+        if not items:
+            # Nothing active on this side: ComfyUI's weighted sum is then 0 everywhere.
+            return torch.zeros_like(x)
+        if all(j.cond.area is None and not isinstance(j.cond.mult, torch.Tensor) for j, _ in items):
+            # Fast path: full-frame entries with scalar strengths -> strength-weighted mean.
+            if len(items) == 1:
+                return items[0][1]
+            weights = [float(j.cond.mult) for j, _ in items]  # type: ignore[arg-type]
+            mean = torch.zeros_like(x)
+            for (_, r), w in zip(items, weights, strict=True):
+                mean += r * w
+            return mean / (sum(weights) + 1e-37)
+        acc = torch.zeros_like(x)
+        cnt = torch.full_like(x, 1e-37)
+        for j, r in items:
+            c = j.cond
+            mult = c.mult
+            if isinstance(mult, torch.Tensor) and mult.shape[0] not in (1, x.shape[0]):
+                mult = _to_batch(mult, x.shape[0])
+            if c.area is None:
+                acc += r * mult
+                cnt += mult
+            else:
+                ah, aw, ay, ax = c.area
+                acc[:, :, ay : ay + ah, ax : ax + aw] += r * mult
+                cnt[:, :, ay : ay + ah, ax : ax + aw] += mult
+        return acc / cnt
+
+
+def prepare_denoise_mask(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A LATENT "noise_mask" ((B, H, W) or (B, 1, H, W), any resolution, 1 = repaint) resized to the
+    latent, broadcast over channels and batch."""
+    m = torch.as_tensor(mask, dtype=torch.float32)
+    m = m.reshape((-1, 1) + tuple(m.shape[-2:]))
+    b, c, h, w = like.shape
+    if tuple(m.shape[-2:]) != (h, w):
+        m = F.interpolate(m, size=(h, w), mode="bilinear", align_corners=False)
+    return _to_batch(m.expand(-1, c, -1, -1), b).to(like.device, like.dtype).contiguous()
+
+
+class InpaintDenoiser:
+    """Keeps the unmasked region on the input latent (ComfyUI's "noise_mask" / SetLatentNoiseMask).
+
+    Before each evaluation the unmasked part of x is replaced by the input latent re-noised to the
+    current sigma with the sampling's initial noise, and the unmasked part of the x0 estimate is the
+    input latent itself; so every step keeps the region where mask = 0 on the input's trajectory and
+    the final sigma = 0 result equals the input latent there. ``blend`` applies the same rule to a
+    sampler's output.
+    """
+
+    def __init__(
+        self,
+        inner: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        model_sampling: ModelSampling,
+        *,
+        latent_image: torch.Tensor,
+        noise: torch.Tensor,
+        mask: torch.Tensor,
+    ) -> None:
+        self.inner = inner
+        self.model_sampling = model_sampling
+        self.latent_image = latent_image
+        self.noise = noise
+        self.mask = mask
+        self.keep = 1.0 - mask
+
+    def blend(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        renoised = self.model_sampling.noise_scaling(sigma, self.noise, self.latent_image)
+        return x * self.mask + renoised * self.keep
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        out = self.inner(self.blend(x, sigma), sigma)
+        return out * self.mask + self.latent_image * self.keep

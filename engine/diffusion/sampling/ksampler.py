@@ -1,0 +1,192 @@
+"""Entry points for the KSampler / KSamplerAdvanced / SamplerCustom nodes.
+
+Progress and interrupts: ``callback(step, total, x, x0_pred)`` is called after every model
+evaluation that completes a step (``x0_pred`` is the current clean-latent estimate, for previews).
+To interrupt sampling, raise from the callback (e.g. the executor's InterruptedError): the exception
+propagates out of ``sample``/``sample_custom`` unchanged and nothing is returned.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+
+from .diffusion_model import DiffusionModel
+from .guidance import CFGDenoiser, Conditioning, InpaintDenoiser, prepare_denoise_mask
+from .model_sampling import ModelSampling, is_max_denoise
+from .noise import prepare_noise
+from .registry import (
+    SamplerRegistry,
+    SamplerSpec,
+    SchedulerRegistry,
+    default_sampler_registry,
+    default_scheduler_registry,
+)
+from .samplers._common import StepInfo
+from .schedulers import sigmas_with_denoise
+
+__all__ = [
+    "prepare_noise",
+    "calculate_sigmas",
+    "ksampler_sigmas",
+    "sample",
+    "sample_custom",
+    "ProgressCallback",
+]
+
+ProgressCallback = Callable[[int, int, torch.Tensor, torch.Tensor], None]
+
+
+def calculate_sigmas(
+    model_sampling: ModelSampling,
+    scheduler: str,
+    steps: int,
+    *,
+    sampler: SamplerSpec | None = None,
+    schedulers: SchedulerRegistry | None = None,
+) -> torch.Tensor:
+    """Sigmas for ``steps`` steps of ``scheduler``; for samplers that discard the penultimate sigma
+    (dpm_2, uni_pc) compute one step more and drop it, as ComfyUI's KSampler does."""
+    schedulers = schedulers or default_scheduler_registry()
+    discard = sampler is not None and sampler.discard_penultimate_sigma
+    sig = schedulers.sigmas(scheduler, model_sampling, steps + 1 if discard else steps)
+    if discard:
+        sig = torch.cat([sig[:-2], sig[-1:]])
+    return sig
+
+
+def ksampler_sigmas(
+    model_sampling: ModelSampling,
+    scheduler: str,
+    steps: int,
+    denoise: float = 1.0,
+    *,
+    sampler: SamplerSpec | None = None,
+    schedulers: SchedulerRegistry | None = None,
+) -> torch.Tensor:
+    """The KSampler schedule including the ``denoise`` fraction (see ``sigmas_with_denoise``)."""
+    return sigmas_with_denoise(
+        lambda n: calculate_sigmas(model_sampling, scheduler, n, sampler=sampler, schedulers=schedulers),
+        steps,
+        denoise,
+    )
+
+
+def _wrap_callback(callback: ProgressCallback | None) -> Callable[[StepInfo], None] | None:
+    if callback is None:
+        return None
+
+    def cb(info: StepInfo) -> None:
+        callback(info.index, info.total, info.x, info.denoised)
+
+    return cb
+
+
+def sample_custom(
+    denoiser: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    sampler: SamplerSpec,
+    sigmas: torch.Tensor,
+    noise: torch.Tensor,
+    latent: torch.Tensor,
+    callback: ProgressCallback | None = None,
+    *,
+    noise_mask: torch.Tensor | None = None,
+    seed: int = 0,
+    model_sampling: ModelSampling | None = None,
+    sampler_options: Mapping[str, Any] | None = None,
+) -> torch.Tensor:
+    """Run ``sampler`` over ``sigmas`` from ``latent`` noised with ``noise`` (SamplerCustom family).
+
+    ``denoiser`` is a guider such as ``CFGDenoiser`` (it must expose ``model_sampling`` unless one
+    is passed). ``noise_mask`` (already shaped like the latent, see ``prepare_denoise_mask``) keeps
+    the region where it is 0 on the input latent. Pass zeros as ``noise`` for add_noise = off. Per-step
+    noise of stochastic samplers is derived from ``seed`` on the CPU.
+    """
+    ms = model_sampling or getattr(denoiser, "model_sampling", None)
+    if ms is None:
+        raise ValueError("sample_custom needs model_sampling= or a denoiser with a .model_sampling attribute")
+    sigmas = sigmas.to(torch.float32)
+    if len(sigmas) < 2:
+        return latent.clone()
+    noise = noise.to(latent.device, latent.dtype)
+    den: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = denoiser
+    inpaint = None
+    if noise_mask is not None:
+        inpaint = InpaintDenoiser(denoiser, ms, latent_image=latent, noise=noise, mask=noise_mask)
+        den = inpaint
+    x = ms.noise_scaling(sigmas[0], noise, latent, is_max_denoise(ms, sigmas))
+    step_noise = sampler.make_noise(x, sigmas, seed)
+    out = sampler(
+        den, x, sigmas, noise=step_noise, callback=_wrap_callback(callback), **dict(sampler_options or {})
+    )
+    if inpaint is not None:
+        out = inpaint.blend(out, sigmas[-1])
+    return ms.inverse_noise_scaling(sigmas[-1], out)
+
+
+def sample(
+    model: DiffusionModel,
+    noise: torch.Tensor | None,
+    steps: int,
+    cfg: float,
+    sampler_name: str,
+    scheduler: str,
+    positive: Conditioning,
+    negative: Conditioning | None,
+    latent_image: torch.Tensor,
+    *,
+    denoise: float = 1.0,
+    disable_noise: bool = False,
+    start_step: int | None = None,
+    last_step: int | None = None,
+    force_full_denoise: bool = False,
+    noise_mask: torch.Tensor | None = None,
+    callback: ProgressCallback | None = None,
+    seed: int = 0,
+    batch_inds: Sequence[int] | None = None,
+    samplers: SamplerRegistry | None = None,
+    schedulers: SchedulerRegistry | None = None,
+    transformer_options: dict[str, Any] | None = None,
+) -> torch.Tensor:
+    """KSampler semantics; KSamplerAdvanced maps onto it as add_noise = not disable_noise,
+    start_at_step/end_at_step = start_step/last_step, return_with_leftover_noise = "disable" ⇔
+    force_full_denoise = True.
+
+    ``noise``: the initial noise, or None to draw it with ``prepare_noise(latent_image, seed,
+    batch_inds)``. ``noise_mask``: a LATENT's "noise_mask" at any resolution (1 = repaint).
+    Returns the sampled latent (same shape, dtype and device as ``latent_image``).
+    """
+    samplers = samplers or default_sampler_registry()
+    spec = samplers.get(sampler_name)
+    ms = model.model_sampling
+    sigmas = ksampler_sigmas(ms, scheduler, steps, denoise, sampler=spec, schedulers=schedulers)
+    if last_step is not None and last_step < len(sigmas) - 1:
+        sigmas = sigmas[: last_step + 1].clone()
+        if force_full_denoise:
+            sigmas[-1] = 0.0
+    if start_step is not None:
+        if start_step < len(sigmas) - 1:
+            sigmas = sigmas[start_step:]
+        else:
+            return latent_image.clone()
+    if len(sigmas) < 2:
+        return latent_image.clone()
+    if disable_noise:
+        noise = torch.zeros_like(latent_image)
+    elif noise is None:
+        noise = prepare_noise(latent_image, seed, batch_inds)
+    noise = noise.to(latent_image.device, latent_image.dtype)
+    mask = prepare_denoise_mask(noise_mask, latent_image) if noise_mask is not None else None
+    guider = CFGDenoiser(
+        model,
+        positive,
+        negative,
+        cfg,
+        like=latent_image,
+        latent_image=latent_image,
+        denoise_mask=mask,
+        transformer_options=transformer_options,
+    )
+    return sample_custom(guider, spec, sigmas, noise, latent_image, callback, noise_mask=mask, seed=seed)

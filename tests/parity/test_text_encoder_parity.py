@@ -12,11 +12,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import diffusers  # noqa: F401
 import pytest
 import torch
-
-pytest.importorskip("diffusers")
-
 from diffusers.loaders.single_file_utils import create_diffusers_clip_model_from_ldm  # noqa: E402
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection  # noqa: E402
 

@@ -10,8 +10,10 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import diffusers
 import pytest
 import torch
+from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint
 from safetensors.torch import load_file, save_file
 
 from engine.diffusion.models.sdxl_conditioning import sdxl_adm
@@ -19,8 +21,6 @@ from engine.diffusion.models.unet import UNetConfig, UNetModel
 
 pytestmark = pytest.mark.parity
 
-diffusers = pytest.importorskip("diffusers")
-from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint  # noqa: E402
 
 PREFIX = "model.diffusion_model."
 

@@ -6,16 +6,16 @@ checkpoint in the original layout (``first_stage_model.*``), so our key names ar
 
 from __future__ import annotations
 
+import diffusers
 import pytest
 import torch
+from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
 from safetensors.torch import load_file, save_file
 
 from engine.diffusion.models.vae import AutoencoderKL, VAEConfig, vae_config_from_state_dict
 
 pytestmark = pytest.mark.parity
 
-diffusers = pytest.importorskip("diffusers")
-from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint  # noqa: E402
 
 PREFIX = "first_stage_model."
 

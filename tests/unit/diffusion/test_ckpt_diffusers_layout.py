@@ -8,13 +8,12 @@ checked to be a bijection on the same data.
 
 from __future__ import annotations
 
+import diffusers
+import diffusers.loaders.single_file_utils as sfu
 import pytest
 import torch
 
 from engine.diffusion.checkpoints import diffusers_layout as dl
-
-diffusers = pytest.importorskip("diffusers")
-sfu = pytest.importorskip("diffusers.loaders.single_file_utils")
 
 
 def _randomise(model: torch.nn.Module, seed: int) -> dict[str, torch.Tensor]:

@@ -210,7 +210,8 @@ def test_cpu_without_budget_moves_nothing(cpu_info: DeviceInfo) -> None:
 
 
 def test_real_unet_partial_loading_matches_full(cpu_info: DeviceInfo) -> None:
-    unet_mod = pytest.importorskip("engine.diffusion.models.unet")
+    import engine.diffusion.models.unet as unet_mod
+
     torch.manual_seed(0)
     config = unet_mod.UNetConfig.tiny()
     model = unet_mod.UNetModel(config).eval()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import engine.diffusion.models.vae as vae_mod
 from engine.memory.oom import (
     InsufficientMemoryError,
     is_oom_error,
@@ -12,8 +13,6 @@ from engine.memory.oom import (
     vae_decode_with_fallback,
     vae_encode_with_fallback,
 )
-
-vae_mod = pytest.importorskip("engine.diffusion.models.vae")
 
 
 class SmallMemoryVAE(vae_mod.AutoencoderKL):

@@ -11,10 +11,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-synthetic = pytest.importorskip("engine.diffusion.checkpoints.synthetic")
-loader = pytest.importorskip("engine.diffusion.checkpoints.loader")
-sdxl_cond = pytest.importorskip("engine.diffusion.models.sdxl_conditioning")
-
+import engine.diffusion.checkpoints.loader as loader
+import engine.diffusion.checkpoints.synthetic as synthetic
+import engine.diffusion.models.sdxl_conditioning as sdxl_cond
 from engine.diffusion.sampling.diffusion_model import DiffusionModel  # noqa: E402
 from engine.diffusion.sampling.guidance import CFGDenoiser  # noqa: E402
 from engine.diffusion.sampling.ksampler import prepare_noise, sample, sample_custom  # noqa: E402

@@ -20,10 +20,9 @@ from __future__ import annotations
 
 import math
 
+import diffusers  # noqa: F401
 import pytest
 import torch
-
-pytest.importorskip("diffusers")
 from diffusers import (  # noqa: E402
     DDIMScheduler,
     DPMSolverMultistepScheduler,

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import pytest
 import torch
 
-unet_mod = pytest.importorskip("engine.diffusion.models.unet")
-sdxl_cond = pytest.importorskip("engine.diffusion.models.sdxl_conditioning")
-
+import engine.diffusion.models.sdxl_conditioning as sdxl_cond
+import engine.diffusion.models.unet as unet_mod
 from engine.diffusion.sampling.diffusion_model import DiffusionModel  # noqa: E402
 from engine.diffusion.sampling.ksampler import sample  # noqa: E402
 from engine.diffusion.sampling.model_sampling import ModelSamplingDiscrete  # noqa: E402

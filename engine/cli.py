@@ -44,6 +44,13 @@ def _add_folder_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--disable-custom-nodes", action="store_true", help="load only the built-in nodes")
 
 
+def _add_memory_options(parser: argparse.ArgumentParser) -> None:
+    # Imported here: engine.memory imports torch, which `diffgraph --help` should not pay for.
+    from engine.memory.devices import add_memory_arguments
+
+    add_memory_arguments(parser)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="diffgraph", description="Node-graph workflow engine for Stable Diffusion"
@@ -62,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--target", action="append", default=[], help="run only what this output node needs")
     run.add_argument("--quiet", action="store_true", help="no progress output")
     _add_folder_options(run)
+    _add_memory_options(run)
 
     validate = sub.add_parser("validate", help="check a workflow and list every problem")
     validate.add_argument("workflow")
@@ -76,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--listen", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8188)
     _add_folder_options(serve)
+    _add_memory_options(serve)
     return parser
 
 
@@ -90,7 +99,18 @@ def runtime_from_args(args: argparse.Namespace) -> Runtime:
     )
     for config in args.extra_model_paths_config:
         folders.load_extra_model_paths(config)
-    return build_runtime(folders, load_custom_nodes=not args.disable_custom_nodes)
+    with_models = args.command in ("run", "serve")
+    memory_options = None
+    if with_models:
+        from engine.memory.devices import MemoryOptions
+
+        memory_options = MemoryOptions.from_args(args)
+    return build_runtime(
+        folders,
+        load_custom_nodes=not args.disable_custom_nodes,
+        memory_options=memory_options,
+        with_models=with_models,
+    )
 
 
 def parse_override(text: str) -> tuple[str, str, Any]:

@@ -1,4 +1,2 @@
-"""The built-in node pack, registered exactly like a plugin: `MODULES` lists the modules whose `NODES`
-the loader registers."""
-
-MODULES = ["primitives"]
+"""The built-in node pack, registered exactly like a plugin: the loader imports every module of this
+package (in name order) and registers the definitions listed in each module's `NODES`."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import pkgutil
 import sys
 import traceback
 from collections.abc import Iterable
@@ -142,9 +143,9 @@ def load_builtin_pack(registry: NodeRegistry, report: PluginReport, module_name:
     report.packs.append(record)
     try:
         package = importlib.import_module(module_name)
-        modules = [package] + [
-            importlib.import_module(f"{module_name}.{m}") for m in getattr(package, "MODULES", [])
-        ]
+        path = getattr(package, "__path__", [])
+        names = sorted(info.name for info in pkgutil.iter_modules(path) if not info.name.startswith("_"))
+        modules = [package] + [importlib.import_module(f"{module_name}.{name}") for name in names]
     except Exception:
         record.error = traceback.format_exc()
         return

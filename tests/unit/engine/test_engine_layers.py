@@ -25,6 +25,9 @@ FORBIDDEN = {
     "engine.graph": ("torch", "engine.diffusion", "engine.memory", "engine.execution", "engine.server"),
     "engine.execution": ("torch", "engine.diffusion", "engine.memory", "engine.server"),
     "engine.api": ("torch", "engine.diffusion", "engine.server"),
+    # Runtime model handles (MODEL / CLIP / VAE values) sit on diffusion + memory, below the graph.
+    "engine.handles": ("engine.graph", "engine.execution", "engine.server", "engine.plugins", "engine.cli"),
+    "engine.imageio": ("torch", "engine.graph", "engine.execution", "engine.server", "engine.diffusion"),
 }
 
 
@@ -68,7 +71,9 @@ def test_layers_import_only_downwards():
 
 
 def test_node_packs_use_only_the_public_api():
-    allowed = ("engine.api", "engine.types")
+    """Nodes declare themselves through engine.api; built-in model nodes reach models through the
+    runtime handles (engine.handles) and image files through engine.imageio, never engine internals."""
+    allowed = ("engine.api", "engine.types", "engine.handles", "engine.imageio")
     violations = []
     for root in (REPO / "nodes", REPO / "custom_nodes" / "example_pack"):
         for path in sorted(root.rglob("*.py")):

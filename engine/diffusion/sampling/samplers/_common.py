@@ -81,3 +81,27 @@ def require_noise(noise: NoiseSource | None, name: str) -> NoiseSource:
             "BrownianTreeNoise(...) from engine.diffusion.sampling.noise); it never uses the global RNG"
         )
     return noise
+
+
+def churn(
+    x: torch.Tensor,
+    sigma: float,
+    sigma_next: float,
+    steps: int,
+    *,
+    s_churn: float,
+    s_tmin: float,
+    s_tmax: float,
+    s_noise: float,
+    noise: NoiseSource | None,
+    name: str,
+) -> tuple[torch.Tensor, float]:
+    """Karras et al. 2022, Algorithm 2, lines 5-7: temporarily raise the noise level from sigma to
+    sigma_hat = sigma * (1 + gamma) by adding fresh noise, with gamma = min(S_churn / N, sqrt(2) - 1)
+    inside [S_tmin, S_tmax]. Returns the new x and sigma_hat (== sigma when churn is off)."""
+    gamma = min(s_churn / steps, math.sqrt(2.0) - 1.0) if s_tmin <= sigma <= s_tmax else 0.0
+    sigma_hat = sigma * (gamma + 1.0)
+    if gamma > 0:
+        eps = require_noise(noise, f"{name} (s_churn > 0)")(sigma, sigma_next) * s_noise
+        x = x + eps * math.sqrt(sigma_hat**2 - sigma**2)
+    return x, sigma_hat

@@ -9,7 +9,17 @@ from typing import Any
 import torch
 
 from ..noise import NoiseSource
-from ._common import Denoiser, StepCallback, ancestral_step, as_floats, call, report, require_noise, to_d
+from ._common import (
+    Denoiser,
+    StepCallback,
+    ancestral_step,
+    as_floats,
+    call,
+    churn,
+    report,
+    require_noise,
+    to_d,
+)
 
 
 @torch.no_grad()
@@ -32,11 +42,18 @@ def sample_euler(
     n = len(sig) - 1
     for i in range(n):
         s, sn = sig[i], sig[i + 1]
-        gamma = min(s_churn / n, math.sqrt(2.0) - 1.0) if s_tmin <= s <= s_tmax else 0.0
-        s_hat = s * (gamma + 1.0)
-        if gamma > 0:
-            eps = require_noise(noise, "euler (s_churn > 0)")(s, sn) * s_noise
-            x = x + eps * math.sqrt(s_hat**2 - s**2)
+        x, s_hat = churn(
+            x,
+            s,
+            sn,
+            n,
+            s_churn=s_churn,
+            s_tmin=s_tmin,
+            s_tmax=s_tmax,
+            s_noise=s_noise,
+            noise=noise,
+            name="euler",
+        )
         den = call(denoiser, x, s_hat)
         report(callback, i, n, x, den, s, sn)
         x = x + to_d(x, s_hat, den) * (sn - s_hat)
@@ -88,11 +105,18 @@ def sample_heun(
     n = len(sig) - 1
     for i in range(n):
         s, sn = sig[i], sig[i + 1]
-        gamma = min(s_churn / n, math.sqrt(2.0) - 1.0) if s_tmin <= s <= s_tmax else 0.0
-        s_hat = s * (gamma + 1.0)
-        if gamma > 0:
-            eps = require_noise(noise, "heun (s_churn > 0)")(s, sn) * s_noise
-            x = x + eps * math.sqrt(s_hat**2 - s**2)
+        x, s_hat = churn(
+            x,
+            s,
+            sn,
+            n,
+            s_churn=s_churn,
+            s_tmin=s_tmin,
+            s_tmax=s_tmax,
+            s_noise=s_noise,
+            noise=noise,
+            name="heun",
+        )
         den = call(denoiser, x, s_hat)
         report(callback, i, n, x, den, s, sn)
         d = to_d(x, s_hat, den)
@@ -125,11 +149,18 @@ def sample_dpm_2(
     n = len(sig) - 1
     for i in range(n):
         s, sn = sig[i], sig[i + 1]
-        gamma = min(s_churn / n, math.sqrt(2.0) - 1.0) if s_tmin <= s <= s_tmax else 0.0
-        s_hat = s * (gamma + 1.0)
-        if gamma > 0:
-            eps = require_noise(noise, "dpm_2 (s_churn > 0)")(s, sn) * s_noise
-            x = x + eps * math.sqrt(s_hat**2 - s**2)
+        x, s_hat = churn(
+            x,
+            s,
+            sn,
+            n,
+            s_churn=s_churn,
+            s_tmin=s_tmin,
+            s_tmax=s_tmax,
+            s_noise=s_noise,
+            noise=noise,
+            name="dpm_2",
+        )
         den = call(denoiser, x, s_hat)
         report(callback, i, n, x, den, s, sn)
         d = to_d(x, s_hat, den)

@@ -188,8 +188,12 @@ class _Run:
     def _fingerprint(self, node: PreparedNode) -> Any:
         hook = node.definition.fingerprint
         assert hook is not None
+        arguments = _accepted(hook, node.constants)
+        if _takes(hook, "context"):
+            # e.g. LoadImage hashes its file and needs the folders to find it
+            arguments["context"] = self._context(node)
         try:
-            return hook(**_accepted(hook, node.constants))
+            return hook(**arguments)
         except Exception:
             # Like ComfyUI: a fingerprint that cannot be computed means "treat as changed".
             return float("nan")
@@ -282,14 +286,7 @@ class _Run:
         inputs = self._gather(node)
         extra = self._hidden(node)
         if definition.wants_context:
-            extra["context"] = ExecutionContext(
-                prompt_id=prompt_id,
-                node_id=node.node_id,
-                node_type=node.node_type,
-                sink=self.sink,
-                interrupt=self.interrupt,
-                services=self.executor.services,
-            )
+            extra["context"] = self._context(node)
         try:
             outputs, ui = _call_mapped(definition, inputs, extra)
         except ExecutionInterrupted:
@@ -306,6 +303,16 @@ class _Run:
         if ui is not None:
             self.result.ui_outputs[node.node_id] = ui
             self.sink(NodeExecuted(prompt_id, node.node_id, node.node_type, ui))
+
+    def _context(self, node: PreparedNode) -> ExecutionContext:
+        return ExecutionContext(
+            prompt_id=self.result.prompt_id,
+            node_id=node.node_id,
+            node_type=node.node_type,
+            sink=self.sink,
+            interrupt=self.interrupt,
+            services=self.executor.services,
+        )
 
     def _hidden(self, node: PreparedNode) -> dict[str, Any]:
         extra: dict[str, Any] = {}
@@ -400,6 +407,13 @@ def _normalize(definition: NodeDefinition, result: Any) -> tuple[tuple[Any, ...]
                 f"{definition.node_type} output {index} is declared as a list but got {type(values[index]).__name__}"
             )
     return values, ui
+
+
+def _takes(function: Any, name: str) -> bool:
+    try:
+        return name in inspect.signature(function).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def _accepted(function: Any, arguments: dict[str, Any]) -> dict[str, Any]:

@@ -27,8 +27,43 @@ def workflow_from_document(document: Any, registry: NodeRegistry) -> Workflow:
     )
 
 
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _is_png(path: Path) -> bool:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(8) == _PNG_SIGNATURE
+    except OSError:
+        return False
+
+
+def _load_png_workflow(path: Path, registry: NodeRegistry) -> Workflow:
+    """The graph embedded in a PNG saved by SaveImage (here or in ComfyUI): the API graph (`prompt`
+    chunk, exactly what ran) when present, else the UI graph (`workflow` chunk). The UI graph is kept
+    on the workflow so that images saved by the re-run embed it again."""
+    from engine import imageio  # Pillow is imported only when an image is actually read
+
+    try:
+        chunks = imageio.png_metadata(path)
+        document = imageio.embedded_workflow(path)
+    except imageio.ImageFileError as exc:
+        raise WorkflowFormatError(str(exc)) from exc
+    try:
+        workflow = workflow_from_document(document, registry)
+    except WorkflowFormatError as exc:
+        raise WorkflowFormatError(f"{path} (embedded workflow): {exc}") from exc
+    ui = chunks.get("workflow")
+    if workflow.ui_document is None and isinstance(ui, dict) and looks_like_ui_format(ui):
+        workflow.ui_document = ui
+    return workflow
+
+
 def load_workflow_file(path: str | Path, registry: NodeRegistry) -> Workflow:
+    """A workflow from a JSON file (API or UI format) or from a PNG with an embedded workflow."""
     path = Path(path)
+    if _is_png(path):
+        return _load_png_workflow(path, registry)
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:

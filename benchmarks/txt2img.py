@@ -1,0 +1,151 @@
+"""End-to-end txt2img benchmark: diffgraph's executor vs a diffusers StableDiffusionPipeline, same weights.
+
+Full-size SD1.5-architecture checkpoint with random weights (cached under ~/.cache/diffgraph-bench/),
+256x256, euler, 4 steps, cfg 7. Prints cold (model load included) and warm (seed changed) wall times,
+s/step, peak RSS, and the warm ratio diffgraph / diffusers (target <= 1.0). Run:
+
+    .venv/bin/python benchmarks/txt2img.py [--repeats 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+WIDTH = HEIGHT = 256
+STEPS, CFG = 4, 7.0
+PROMPT, NEGATIVE = "beautiful scenery nature glass bottle landscape", "text, watermark"
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def checkpoint() -> Path:
+    from engine.diffusion.checkpoints.synthetic import write_full_size_sd15
+
+    path = Path.home() / ".cache" / "diffgraph-bench" / "sd15_random.safetensors"
+    if not path.exists():
+        write_full_size_sd15(path)
+    return path
+
+
+def run_diffgraph(ckpt: Path, repeats: int) -> dict[str, float]:
+    from engine.folders import Folders
+    from engine.graph.loading import workflow_from_document
+    from engine.runtime import build_runtime
+
+    root = Path(tempfile.mkdtemp(prefix="bench_"))
+    (root / "models" / "checkpoints").mkdir(parents=True)
+    (root / "models" / "checkpoints" / ckpt.name).symlink_to(ckpt)
+    runtime = build_runtime(Folders.create(root), load_custom_nodes=False)
+    doc = json.loads((Path(__file__).resolve().parents[1] / "workflows" / "txt2img.api.json").read_text())
+    doc["4"]["inputs"]["ckpt_name"] = ckpt.name
+    doc["5"]["inputs"].update(width=WIDTH, height=HEIGHT)
+    doc["3"]["inputs"].update(steps=STEPS, cfg=float(CFG), sampler_name="euler", scheduler="normal")
+    doc["6"]["inputs"]["text"], doc["7"]["inputs"]["text"] = PROMPT, NEGATIVE
+    del doc["9"]  # measure generation + decode, not PNG writing
+
+    def once(seed: int) -> float:
+        d = copy.deepcopy(doc)
+        d["3"]["inputs"]["seed"] = seed
+        wf = workflow_from_document(d, runtime.registry)
+        t = time.perf_counter()
+        result = runtime.executor.run(wf, targets=["8"])
+        assert result.ok, result.errors
+        return time.perf_counter() - t
+
+    cold = once(1)
+    warm = min(once(2 + i) for i in range(repeats))
+    return {"cold": cold, "warm": warm}
+
+
+def build_diffusers(ckpt: Path):
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers.loaders.single_file_utils import (
+        convert_ldm_clip_checkpoint,
+        convert_ldm_unet_checkpoint,
+        convert_ldm_vae_checkpoint,
+    )
+    from safetensors.torch import load_file
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from engine.diffusion.text.tokenizer import load_clip_tokenizer
+
+    sd = {k: v.float() for k, v in load_file(str(ckpt)).items()}
+    unet_cfg = dict(
+        sample_size=32, in_channels=4, out_channels=4, layers_per_block=2, cross_attention_dim=768,
+        attention_head_dim=8, block_out_channels=(320, 640, 1280, 1280),
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+    )  # fmt: skip
+    unet = UNet2DConditionModel(**unet_cfg)
+    unet.load_state_dict(convert_ldm_unet_checkpoint(sd, unet.config))
+    vae_cfg = dict(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(128, 256, 512, 512), layers_per_block=2,
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, scaling_factor=0.18215,
+    )  # fmt: skip
+    vae = AutoencoderKL(**vae_cfg)
+    vae.load_state_dict(convert_ldm_vae_checkpoint(sd, vae.config))
+    text_cfg = CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                              max_position_embeddings=77, hidden_act="quick_gelu")  # fmt: skip
+    text = CLIPTextModel(text_cfg)
+    clip_sd = convert_ldm_clip_checkpoint(sd)
+    text.load_state_dict(clip_sd, strict=False)
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000
+    )
+    pipe = StableDiffusionPipeline(
+        vae=vae, text_encoder=text, tokenizer=load_clip_tokenizer(), unet=unet, scheduler=scheduler,
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )  # fmt: skip
+    return pipe
+
+
+def run_diffusers(ckpt: Path, repeats: int) -> dict[str, float]:
+    t = time.perf_counter()
+    pipe = build_diffusers(ckpt)
+
+    def once(seed: int) -> None:
+        with torch.no_grad():
+            pipe(PROMPT, negative_prompt=NEGATIVE, width=WIDTH, height=HEIGHT, num_inference_steps=STEPS,
+                 guidance_scale=CFG, generator=torch.Generator().manual_seed(seed), output_type="pt")  # fmt: skip
+
+    once(1)
+    cold = time.perf_counter() - t
+    times = []
+    for i in range(repeats):
+        t = time.perf_counter()
+        once(2 + i)
+        times.append(time.perf_counter() - t)
+    return {"cold": cold, "warm": min(times)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--skip-diffusers", action="store_true")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    ckpt = checkpoint()
+    ours = run_diffgraph(ckpt, args.repeats)
+    rss_ours = peak_rss_mb()
+    print(f"diffgraph  cold {ours['cold']:.2f} s  warm {ours['warm']:.2f} s  "
+          f"{ours['warm'] / STEPS:.2f} s/step (incl. encode+decode)  peak RSS {rss_ours:.0f} MB")  # fmt: skip
+    if args.skip_diffusers:
+        return
+    ref = run_diffusers(ckpt, args.repeats)
+    print(f"diffusers  cold {ref['cold']:.2f} s  warm {ref['warm']:.2f} s  "
+          f"{ref['warm'] / STEPS:.2f} s/step  peak RSS (process, both runs) {peak_rss_mb():.0f} MB")  # fmt: skip
+    print(f"warm ratio diffgraph / diffusers: {ours['warm'] / ref['warm']:.2f}x (target <= 1.0)")
+
+
+if __name__ == "__main__":
+    main()

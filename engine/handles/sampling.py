@@ -1,0 +1,304 @@
+"""Sampling on MODEL handles: what the KSampler and custom-sampling nodes call.
+
+The values that travel on the custom-sampling sockets are defined here: SAMPLER (a registered
+`SamplerSpec`), SIGMAS (a 1-D float tensor), NOISE (`RandomNoise` / `DisabledNoise`) and GUIDER (`Guider`).
+Noise is drawn on the CPU from the seed (engine.diffusion.sampling.noise), so results do not depend on the
+device. Progress goes to a `report(step, total, preview_image)` function (ExecutionContext.progress); an
+exception it raises (an interrupt) stops sampling and propagates.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from engine.diffusion.sampling import ksampler, schedulers
+from engine.diffusion.sampling.guidance import CFGDenoiser, prepare_denoise_mask
+from engine.diffusion.sampling.registry import (
+    SamplerRegistry,
+    SamplerSpec,
+    SchedulerRegistry,
+    default_sampler_registry,
+    default_scheduler_registry,
+)
+from engine.handles.model import ModelHandle
+
+Report = Callable[[int, int, Any], None]
+Conditioning = Sequence[Sequence[Any]]
+
+
+@dataclass
+class SamplingLibrary:
+    """The sampler and scheduler registries nodes choose from (plugins may register more)."""
+
+    samplers: SamplerRegistry = field(default_factory=default_sampler_registry)
+    schedulers: SchedulerRegistry = field(default_factory=default_scheduler_registry)
+
+
+def sampler_names() -> list[str]:
+    return default_sampler_registry().names()
+
+
+def scheduler_names() -> list[str]:
+    return default_scheduler_registry().names()
+
+
+def get_sampler(name: str, library: SamplingLibrary | None = None) -> SamplerSpec:
+    return (library or SamplingLibrary()).samplers.get(name)
+
+
+# ---- latents ------------------------------------------------------------------------------------
+
+
+def _samples(latent: Mapping[str, Any]) -> torch.Tensor:
+    samples = latent.get("samples") if isinstance(latent, Mapping) else None
+    if not isinstance(samples, torch.Tensor) or samples.ndim != 4:
+        raise ValueError(
+            "expected a LATENT (a dict with 'samples' of shape (batch, channels, height, width)), "
+            f"got {type(latent).__name__}"
+        )
+    return samples
+
+
+def _check_channels(model: ModelHandle, samples: torch.Tensor) -> None:
+    if samples.shape[1] != model.latent_channels:
+        raise ValueError(
+            f"the latent has {samples.shape[1]} channels but the model {model.name} works on "
+            f"{model.latent_channels}; use a latent made for this model family"
+        )
+
+
+def _with_samples(latent: Mapping[str, Any], samples: torch.Tensor) -> dict[str, Any]:
+    out = dict(latent)
+    out["samples"] = samples
+    return out
+
+
+# ---- KSampler -----------------------------------------------------------------------------------
+
+
+def ksample(
+    model: ModelHandle,
+    *,
+    seed: int,
+    steps: int,
+    cfg: float,
+    sampler_name: str,
+    scheduler: str,
+    positive: Conditioning,
+    negative: Conditioning,
+    latent: Mapping[str, Any],
+    denoise: float = 1.0,
+    add_noise: bool = True,
+    start_step: int | None = None,
+    last_step: int | None = None,
+    force_full_denoise: bool = False,
+    report: Report | None = None,
+    library: SamplingLibrary | None = None,
+) -> dict[str, Any]:
+    """KSampler / KSamplerAdvanced: returns a LATENT dict (the input's keys kept, samples replaced)."""
+    lib = library or SamplingLibrary()
+    samples = _samples(latent)
+    _check_channels(model, samples)
+    noise = None
+    if add_noise:
+        noise = ksampler.prepare_noise(samples.float().cpu(), seed, latent.get("batch_index"))
+    device = model.device
+    with model.use():
+        out = ksampler.sample(
+            model.diffusion_model(),
+            None if noise is None else noise.to(device),
+            steps,
+            cfg,
+            sampler_name,
+            scheduler,
+            positive,
+            negative,
+            samples.to(device, torch.float32),
+            denoise=denoise,
+            disable_noise=not add_noise,
+            start_step=start_step,
+            last_step=last_step,
+            force_full_denoise=force_full_denoise,
+            noise_mask=latent.get("noise_mask"),
+            callback=model.preview_callback(report),
+            seed=seed,
+            samplers=lib.samplers,
+            schedulers=lib.schedulers,
+            transformer_options=model.model_options.get("transformer_options"),
+        )
+    return _with_samples(latent, out.to("cpu", torch.float32))
+
+
+# ---- SIGMAS -------------------------------------------------------------------------------------
+
+
+def scheduler_sigmas(
+    model: ModelHandle,
+    scheduler: str,
+    steps: int,
+    denoise: float = 1.0,
+    library: SamplingLibrary | None = None,
+) -> torch.Tensor:
+    """BasicScheduler: `steps` sigmas of `scheduler` for the model (denoise < 1: the last part of a
+    longer schedule; denoise 0: an empty tensor, ComfyUI's 'nothing to do')."""
+    lib = library or SamplingLibrary()
+    if denoise <= 0.0:
+        return torch.zeros(0)
+    return ksampler.ksampler_sigmas(
+        model.model_sampling, scheduler, steps, denoise, schedulers=lib.schedulers
+    )
+
+
+def karras_sigmas(steps: int, sigma_max: float, sigma_min: float, rho: float) -> torch.Tensor:
+    return schedulers.karras_sigmas(steps, sigma_min, sigma_max, rho).float()
+
+
+def exponential_sigmas(steps: int, sigma_max: float, sigma_min: float) -> torch.Tensor:
+    return schedulers.exponential_sigmas(steps, sigma_min, sigma_max).float()
+
+
+def sd_turbo_sigmas(model: ModelHandle, steps: int, denoise: float = 1.0) -> torch.Tensor:
+    return schedulers.sd_turbo_sigmas(model.model_sampling, steps, denoise).float()
+
+
+# ---- NOISE --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RandomNoise:
+    """Initial noise from a seed (CPU generator; per batch index when the latent has a batch_index)."""
+
+    seed: int
+
+    def generate(self, latent: Mapping[str, Any]) -> torch.Tensor:
+        samples = _samples(latent)
+        return ksampler.prepare_noise(samples.float().cpu(), self.seed, latent.get("batch_index"))
+
+
+@dataclass(frozen=True)
+class DisabledNoise:
+    """No initial noise (the latent is sampled as it is: second pass of a split schedule)."""
+
+    seed: int = 0
+
+    def generate(self, latent: Mapping[str, Any]) -> torch.Tensor:
+        return torch.zeros_like(_samples(latent), dtype=torch.float32, device="cpu")
+
+
+# ---- GUIDER -------------------------------------------------------------------------------------
+
+
+class _DualCFG:
+    """ComfyUI's DualCFGGuider. "regular": neg + cfg2·(cond2 − neg) + cfg1·(cond1 − cond2);
+    "nested": neg + cfg2·((cond2 + cfg1·(cond1 − cond2)) − neg)."""
+
+    def __init__(self, parts: list[CFGDenoiser], cfg1: float, cfg2: float, style: str) -> None:
+        self.parts = parts
+        self.cfg1, self.cfg2, self.style = cfg1, cfg2, style
+
+    @property
+    def model_sampling(self) -> Any:
+        return self.parts[0].model_sampling
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        c1, c2, neg = (p(x, sigma) for p in self.parts)
+        if self.style == "nested":
+            inner = c2 + self.cfg1 * (c1 - c2)
+            return neg + self.cfg2 * (inner - neg)
+        return neg + self.cfg2 * (c2 - neg) + self.cfg1 * (c1 - c2)
+
+
+@dataclass
+class Guider:
+    """A GUIDER: a model plus named conditionings and guidance scales.
+
+    kind "basic": conds["positive"] only (no guidance); "cfg": positive/negative with `cfg`; "dual":
+    cond1/cond2/negative with `cfg` (cfg_conds) and `cfg2` (cfg_cond2_negative) in `style`."""
+
+    model: ModelHandle
+    kind: str
+    conds: dict[str, Conditioning]
+    cfg: float = 1.0
+    cfg2: float = 1.0
+    style: str = "regular"
+
+    def denoiser(
+        self, like: torch.Tensor, *, latent_image: torch.Tensor, denoise_mask: torch.Tensor | None
+    ) -> Any:
+        dm = self.model.diffusion_model()
+        kw: dict[str, Any] = {
+            "like": like,
+            "latent_image": latent_image,
+            "denoise_mask": denoise_mask,
+            "transformer_options": self.model.model_options.get("transformer_options"),
+        }
+        if self.kind == "basic":
+            return CFGDenoiser(dm, self.conds["positive"], None, 1.0, **kw)
+        if self.kind == "cfg":
+            negative = self.conds["negative"]
+            return CFGDenoiser(dm, self.conds["positive"], negative, self.cfg, **kw)
+        if self.kind == "dual":
+            parts = [CFGDenoiser(dm, self.conds[k], None, 1.0, **kw) for k in ("cond1", "cond2", "negative")]
+            return _DualCFG(parts, self.cfg, self.cfg2, self.style)
+        raise ValueError(f"unknown guider kind {self.kind!r}")
+
+
+def custom_sample(
+    noise: RandomNoise | DisabledNoise,
+    guider: Guider,
+    sampler: SamplerSpec,
+    sigmas: torch.Tensor,
+    latent: Mapping[str, Any],
+    *,
+    report: Report | None = None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """SamplerCustomAdvanced: (output LATENT, denoised_output LATENT). `denoised_output` is the model's
+    last clean-latent estimate (equal to the output when no step ran)."""
+    model = guider.model
+    samples = _samples(latent)
+    _check_channels(model, samples)
+    sigmas = torch.as_tensor(sigmas, dtype=torch.float32).flatten()
+    if sigmas.numel() < 2:
+        return _with_samples(latent, samples.clone()), _with_samples(latent, samples.clone())
+    initial = noise.generate(latent)
+    device = model.device
+    last_x0: list[torch.Tensor] = []
+    progress = model.preview_callback(report)
+
+    def callback(index: int, total: int, x: torch.Tensor, x0: torch.Tensor) -> None:
+        last_x0[:] = [x0]
+        if progress is not None:
+            progress(index, total, x, x0)
+
+    with model.use():
+        lat = samples.to(device, torch.float32)
+        mask = latent.get("noise_mask")
+        mask = prepare_denoise_mask(mask, lat) if mask is not None else None
+        den = guider.denoiser(lat, latent_image=lat, denoise_mask=mask)
+        seed = int(getattr(noise, "seed", 0))
+        out = ksampler.sample_custom(
+            den, sampler, sigmas, initial.to(device), lat, callback, noise_mask=mask, seed=seed
+        )
+    out = out.to("cpu", torch.float32)
+    denoised = last_x0[0].to("cpu", torch.float32) if last_x0 else out.clone()
+    return _with_samples(latent, out), _with_samples(latent, denoised)
+
+
+def split_sigmas(sigmas: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """SplitSigmas: sigmas[: step + 1] and sigmas[step:] (they share the boundary sigma)."""
+    return sigmas[: step + 1], sigmas[step:]
+
+
+def flip_sigmas(sigmas: torch.Tensor) -> torch.Tensor:
+    """FlipSigmas: reversed; a leading 0 becomes 1e-4 so the first step has a nonzero sigma (ComfyUI)."""
+    if sigmas.numel() == 0:
+        return sigmas
+    out = sigmas.flip(0).clone()
+    if math.isclose(float(out[0]), 0.0):
+        out[0] = 1e-4
+    return out

@@ -51,6 +51,49 @@ def _add_memory_options(parser: argparse.ArgumentParser) -> None:
     add_memory_arguments(parser)
 
 
+def _add_serve_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--listen",
+        nargs="?",
+        const="0.0.0.0",
+        default="127.0.0.1",
+        help="address to listen on (default 127.0.0.1; without a value 0.0.0.0). Any non-loopback address "
+        "requires an access token, generated and printed once unless --access-token is given",
+    )
+    parser.add_argument("--port", type=int, default=8188)
+    parser.add_argument(
+        "--access-token", help="token clients must send (Authorization: Bearer, ?token=, or the login cookie)"
+    )
+    parser.add_argument(
+        "--enable-cors-header",
+        metavar="ORIGIN",
+        help="allow this one origin (e.g. https://app.example) to call the API",
+    )
+    parser.add_argument(
+        "--allowed-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="extra Host name to accept (proxies)",
+    )
+    parser.add_argument(
+        "--max-upload-size", type=float, default=100.0, metavar="MB", help="upload limit (100)"
+    )
+    parser.add_argument("--max-history", type=int, default=10000, help="history entries kept (10000)")
+    parser.add_argument(
+        "--preview-format", choices=("jpeg", "png"), default="jpeg", help="live preview frames"
+    )
+    parser.add_argument(
+        "--shutdown-grace",
+        type=float,
+        default=5.0,
+        metavar="S",
+        help="seconds the running prompt may finish on exit",
+    )
+    parser.add_argument("--log-format", choices=("text", "json"), default="text")
+    parser.add_argument("--log-level", default="INFO")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="diffgraph", description="Node-graph workflow engine for Stable Diffusion"
@@ -80,9 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     nodes.add_argument("--json", action="store_true", help="print the /object_info schema")
     _add_folder_options(nodes)
 
-    serve = sub.add_parser("serve", help="start the HTTP/WebSocket server")
-    serve.add_argument("--listen", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, default=8188)
+    serve = sub.add_parser("serve", help="start the HTTP/WebSocket server (docs/server.md)")
+    _add_serve_options(serve)
     _add_folder_options(serve)
     _add_memory_options(serve)
     return parser
@@ -245,11 +287,27 @@ def cmd_nodes(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from engine.server.app import serve
+    from engine.server.config import ServerConfig
+    from engine.server.logs import configure_logging
 
+    if args.enable_cors_header == "*":
+        raise ValueError("--enable-cors-header needs one origin (e.g. https://app.example), not '*'")
+    configure_logging(args.log_format, args.log_level)
     runtime = runtime_from_args(args)
     _report_plugin_errors(runtime, sys.stderr)
     runtime.folders.create_directories()
-    serve(runtime, host=args.listen, port=args.port)
+    config = ServerConfig(
+        host=args.listen,
+        port=args.port,
+        access_token=args.access_token,
+        cors_origin=args.enable_cors_header,
+        allowed_hosts=list(args.allowed_host),
+        max_upload_bytes=int(args.max_upload_size * 1024**2),
+        history_limit=args.max_history,
+        preview_format=args.preview_format,
+        shutdown_grace_s=args.shutdown_grace,
+    )
+    serve(runtime, config)
     return EXIT_OK
 
 

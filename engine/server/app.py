@@ -1,218 +1,150 @@
-"""A first server: ComfyUI-shaped `/object_info`, `/prompt`, `/queue`, `/history`, `/interrupt` and
-`/system_stats` (each also under `/api/`), with one worker thread executing prompts in order.
+"""The app factory and `serve`: wires the store, queue worker, WebSocket hub, security middleware and
+routes (every API route also under `/api/...`, as ComfyUI's newer clients call them).
 
-This is the foundation the full server issue builds on (WebSocket, persistence, uploads, auth come
-there); what is here already speaks ComfyUI's request and response shapes.
+Nothing starts at import: `create_app` builds objects, the app's start-up hooks start the worker.
 """
 
 from __future__ import annotations
 
 import asyncio
-import platform
-import queue
-import sys
-import threading
-import time
-import uuid
+import logging
 from typing import Any
 
 from aiohttp import web
 
-from engine.errors import WorkflowFormatError, WorkflowValidationError
-from engine.execution.context import InterruptFlag
-from engine.execution.events import CollectingSink
-from engine.graph.api_format import parse_api_workflow
-from engine.graph.validate import ValidatedWorkflow, validate_workflow
 from engine.runtime import Runtime
+from engine.server import routes_files
+from engine.server.config import ServerConfig, default_web_root
+from engine.server.protocol import ClientHub
+from engine.server.routes_info import add_info_routes, add_static_routes
+from engine.server.routes_queue import add_queue_routes
+from engine.server.security import BadRequest, Handler, generate_token, make_security_middleware
+from engine.server.store import PromptStore
+from engine.server.worker import PromptQueue
 
-
-class PromptWorker:
-    """Executes queued prompts one at a time on a background thread; keeps their history in memory."""
-
-    def __init__(self, runtime: Runtime):
-        self.runtime = runtime
-        self.pending: queue.Queue[tuple[int, str, ValidatedWorkflow, dict[str, Any]] | None] = queue.Queue()
-        self.history: dict[str, dict[str, Any]] = {}
-        self.running: str | None = None
-        self.counter = 0
-        self.interrupt = InterruptFlag()
-        self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="diffgraph-worker", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self.pending.put(None)
-
-    def submit(
-        self, validated: ValidatedWorkflow, prompt: dict[str, Any], extra_data: dict[str, Any]
-    ) -> tuple[str, int]:
-        with self._lock:
-            number = self.counter
-            self.counter += 1
-        prompt_id = uuid.uuid4().hex
-        self.pending.put((number, prompt_id, validated, {"prompt": prompt, "extra_data": extra_data}))
-        return prompt_id, number
-
-    def _loop(self) -> None:
-        while True:
-            item = self.pending.get()
-            if item is None:
-                return
-            number, prompt_id, validated, request = item
-            self.running = prompt_id
-            self.interrupt.clear()
-            sink = CollectingSink()
-            started = time.time()
-            result = self.runtime.executor.execute(
-                validated,
-                prompt_id=prompt_id,
-                sink=sink,
-                interrupt=self.interrupt,
-                extra_data=request["extra_data"],
-            )
-            self.history[prompt_id] = {
-                "prompt": [number, prompt_id, request["prompt"], request["extra_data"], validated.targets],
-                "outputs": result.ui_outputs,
-                "status": {
-                    "status_str": result.status,
-                    "completed": result.ok,
-                    "messages": [
-                        ["execution_start", {"prompt_id": prompt_id, "timestamp": int(started * 1000)}]
-                    ]
-                    + [
-                        [
-                            "execution_error",
-                            {
-                                "node_id": e.node_id,
-                                "node_type": e.node_type,
-                                "exception_message": str(e.cause),
-                            },
-                        ]
-                        for e in result.errors
-                    ],
-                },
-            }
-            self.running = None
-
+log = logging.getLogger("diffgraph.server")
 
 RUNTIME_KEY = web.AppKey("runtime", Runtime)
+CONFIG_KEY = web.AppKey("config", ServerConfig)
+QUEUE_KEY = web.AppKey("queue", PromptQueue)
+STORE_KEY = web.AppKey("store", PromptStore)
+HUB_KEY = web.AppKey("hub", ClientHub)
+STORE_FILENAME = "diffgraph_queue.sqlite3"
 
 
-def create_app(runtime: Runtime) -> web.Application:
-    worker = PromptWorker(runtime)
-    routes = web.RouteTableDef()
-
-    @routes.get("/object_info")
-    async def object_info(_: web.Request) -> web.Response:
-        return web.json_response(runtime.registry.object_info())
-
-    @routes.get("/object_info/{node}")
-    async def object_info_node(request: web.Request) -> web.Response:
-        name = request.match_info["node"]
-        if name not in runtime.registry:
-            return web.json_response({})
-        return web.json_response({name: runtime.registry.node_info(name)})
-
-    @routes.post("/prompt")
-    async def post_prompt(request: web.Request) -> web.Response:
-        try:
-            body = await request.json()
-        except ValueError:
-            return _bad_request("invalid_prompt", "request body is not valid JSON")
-        prompt = body.get("prompt") if isinstance(body, dict) else None
-        if not isinstance(prompt, dict):
-            return _bad_request("no_prompt", "the request has no 'prompt' object")
-        try:
-            workflow = parse_api_workflow(prompt)
-            targets = body.get("partial_execution_targets")
-            validated = validate_workflow(workflow, runtime.registry, targets)
-        except WorkflowFormatError as exc:
-            return _bad_request("invalid_prompt", str(exc))
-        except WorkflowValidationError as exc:
-            return web.json_response(
-                {"error": exc.prompt_error(), "node_errors": exc.node_errors()}, status=400
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Refusals become clear JSON 4xx; an unexpected failure is logged and answered 500, never fatal."""
+    try:
+        return await handler(request)
+    except BadRequest as exc:
+        if exc.status >= 400:
+            log.info(
+                "request refused", extra={"path": request.path, "status": exc.status, "reason": str(exc)}
             )
-        prompt_id, number = worker.submit(validated, prompt, body.get("extra_data") or {})
-        return web.json_response({"prompt_id": prompt_id, "number": number, "node_errors": {}})
-
-    @routes.get("/prompt")
-    async def get_prompt(_: web.Request) -> web.Response:
-        remaining = worker.pending.qsize() + (1 if worker.running else 0)
-        return web.json_response({"exec_info": {"queue_remaining": remaining}})
-
-    @routes.get("/queue")
-    async def get_queue(_: web.Request) -> web.Response:
-        pending = [
-            [n, pid, req["prompt"], req["extra_data"], v.targets]
-            for n, pid, v, req in list(worker.pending.queue)
-            if pid
-        ]
-        running = [[0, worker.running, {}, {}, []]] if worker.running else []
-        return web.json_response({"queue_running": running, "queue_pending": pending})
-
-    @routes.get("/history")
-    async def get_history(_: web.Request) -> web.Response:
-        return web.json_response(worker.history)
-
-    @routes.get("/history/{prompt_id}")
-    async def get_history_one(request: web.Request) -> web.Response:
-        prompt_id = request.match_info["prompt_id"]
+        return exc.response()
+    except web.HTTPException:
+        raise
+    except Exception:
+        log.exception("unhandled error", extra={"path": request.path})
         return web.json_response(
-            {prompt_id: worker.history[prompt_id]} if prompt_id in worker.history else {}
+            {"error": {"type": "internal_error", "message": "internal server error; see the server log"}},
+            status=500,
         )
 
-    @routes.post("/interrupt")
-    async def interrupt(_: web.Request) -> web.Response:
-        worker.interrupt.set()
-        return web.Response(status=200)
 
-    @routes.get("/system_stats")
-    async def system_stats(_: web.Request) -> web.Response:
-        return web.json_response(
-            {
-                "system": {
-                    "os": platform.system().lower(),
-                    "python_version": sys.version,
-                    "embedded_python": False,
-                    "diffgraph_version": "0.1.0",
-                },
-                "devices": [],
-            }
-        )
+def create_app(runtime: Runtime, config: ServerConfig | None = None) -> web.Application:
+    config = config or ServerConfig()
+    runtime.folders.create_directories()
+    store = PromptStore(
+        config.store_path or runtime.folders.user / STORE_FILENAME, history_limit=config.history_limit
+    )
+    hub = ClientHub()
+    queue = PromptQueue(runtime, store, hub, config)
+    folders = runtime.folders
 
-    app = web.Application(client_max_size=64 * 1024**2)
+    routes = web.RouteTableDef()
+    add_info_routes(routes, runtime)
+    add_queue_routes(routes, queue, store)
+
+    @routes.get("/ws")
+    async def websocket(request: web.Request) -> web.StreamResponse:
+        return await hub.handle(request, queue.status, queue.current)
+
+    @routes.get("/view")
+    async def view(request: web.Request) -> web.StreamResponse:
+        return routes_files.view(request, folders)
+
+    @routes.post("/upload/image")
+    async def upload_image(request: web.Request) -> web.Response:
+        return await routes_files.upload(request, folders, config, mask=False)
+
+    @routes.post("/upload/mask")
+    async def upload_mask(request: web.Request) -> web.Response:
+        return await routes_files.upload(request, folders, config, mask=True)
+
+    app = web.Application(
+        client_max_size=config.max_upload_bytes + 1024**2,
+        middlewares=[error_middleware, make_security_middleware(config)],
+    )
     app.add_routes(routes)
-    # Every route also under /api/..., as ComfyUI's newer clients call them.
-    api = web.Application()
-    api.add_routes(routes)
-    app.add_subapp("/api", api)
+    app.add_routes(
+        [web.route(r.method, "/api" + r.path, r.handler) for r in routes if isinstance(r, web.RouteDef)]
+    )
+    add_static_routes(app, runtime, config.web_root or default_web_root())
     app[RUNTIME_KEY] = runtime
-    app[WORKER_KEY] = worker
+    app[CONFIG_KEY] = config
+    app[QUEUE_KEY] = queue
+    app[STORE_KEY] = store
+    app[HUB_KEY] = hub
 
     async def on_startup(_: web.Application) -> None:
-        worker.start()
+        await hub.start()
+        queue.recover()
+        queue.start()
+
+    async def on_shutdown(_: web.Application) -> None:
+        await asyncio.get_running_loop().run_in_executor(None, queue.stop)
+        await hub.stop()
 
     async def on_cleanup(_: web.Application) -> None:
-        worker.stop()
+        store.close()
 
     app.on_startup.append(on_startup)
+    app.on_shutdown.append(on_shutdown)
     app.on_cleanup.append(on_cleanup)
     return app
 
 
-WORKER_KEY = web.AppKey("worker", PromptWorker)
+def prepare_access(config: ServerConfig, announce: Any = print) -> None:
+    """Listening beyond loopback requires a token: generate one (announced once) when none was given."""
+    if config.access_token is None and not config.loopback_only:
+        config.access_token = generate_token()
+        announce(
+            f"diffgraph: access token (needed because the server listens on {config.host}): {config.access_token}"
+        )
 
 
-def _bad_request(kind: str, message: str) -> web.Response:
-    return web.json_response(
-        {"error": {"type": kind, "message": message, "details": "", "extra_info": {}}, "node_errors": {}},
-        status=400,
+def serve(runtime: Runtime, config: ServerConfig | None = None, **legacy: Any) -> None:
+    """Run the server until SIGINT/SIGTERM; then stop gracefully (see PromptQueue.stop)."""
+    config = config or ServerConfig(**legacy)
+    prepare_access(config)
+    app = create_app(runtime, config)
+    shown = f"[{config.host}]" if ":" in config.host else config.host
+    suffix = f"/?token={config.access_token}" if config.access_token and not config.loopback_only else ""
+    print(
+        f"diffgraph: {len(runtime.registry)} node types; listening on http://{shown}:{config.port}{suffix}",
+        flush=True,
+    )
+    web.run_app(
+        app,
+        host=config.host,
+        port=config.port,
+        print=None,
+        shutdown_timeout=5.0,
+        access_log=logging.getLogger("diffgraph.server.access"),
+        loop=asyncio.new_event_loop(),
     )
 
 
-def serve(runtime: Runtime, *, host: str = "127.0.0.1", port: int = 8188) -> None:
-    print(f"diffgraph: {len(runtime.registry)} node types; listening on http://{host}:{port}", flush=True)
-    web.run_app(create_app(runtime), host=host, port=port, print=None, loop=asyncio.new_event_loop())
+__all__ = ["create_app", "serve", "prepare_access", "ServerConfig"]

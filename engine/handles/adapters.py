@@ -1,0 +1,188 @@
+"""Adapter values and operations for the nodes: LoRA on MODEL/CLIP handles, CONTROL_NET, UPSCALE_MODEL,
+and the torch preprocessors (nodes reach engine.diffusion only through engine.handles).
+
+Written by the adapters work (issue 9) as a separate module of this package; it only uses the public
+methods of ModelHandle / ClipHandle (clone, add_patches, unet, patcher.module).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from engine.diffusion import preprocess
+from engine.diffusion.checkpoints.io import read_state_dict
+from engine.diffusion.lora import LoraLoad, load_lora_file, text_encoder_key_map, unet_key_map
+from engine.diffusion.models.control_apply import ControlApplication
+from engine.diffusion.models.controlnet import ControlNetModel, build_controlnet, strip_controlnet_prefix
+from engine.diffusion.models.t2i_adapter import T2IAdapter, build_t2i_adapter, is_t2i_adapter
+from engine.diffusion.models.upscalers import UpscalerSpec, load_upscaler_file, upscale_tiled
+from engine.handles.clip import ClipHandle
+from engine.handles.model import ModelHandle
+
+__all__ = [
+    "ControlNetHandle",
+    "UpscaleModelHandle",
+    "apply_controlnet",
+    "apply_lora",
+    "load_controlnet",
+    "load_upscale_model",
+    "preprocess",
+]
+
+
+class AdapterFileError(ValueError):
+    """A LoRA / ControlNet / upscaler file that cannot be used; the message names the file."""
+
+
+# ---- LoRA -----------------------------------------------------------------------------------------
+
+
+def apply_lora(
+    path: str | os.PathLike[str],
+    model: ModelHandle | None,
+    clip: ClipHandle | None,
+    strength_model: float,
+    strength_clip: float,
+) -> tuple[ModelHandle | None, ClipHandle | None, LoraLoad]:
+    """Clones of `model`/`clip` with the LoRA's patches added (originals untouched), and the load report.
+    A strength of 0 leaves that side as it is (ComfyUI does the same)."""
+    targets: dict[str, dict[str, str]] = {}
+    if model is not None:
+        targets["unet"] = unet_key_map(model.unet.state_dict().keys())
+    if clip is not None:
+        targets["clip"] = text_encoder_key_map(clip.patcher.module.state_dict().keys())
+    try:
+        report = load_lora_file(path, targets)
+    except (ValueError, OSError) as e:
+        raise AdapterFileError(f"cannot read LoRA {os.fspath(path)}: {e}") from e
+    new_model, new_clip = model, clip
+    if model is not None and strength_model != 0:
+        new_model = model.clone()
+        new_model.add_patches(report.patches.get("unet", {}), strength_model)
+    if clip is not None and strength_clip != 0:
+        new_clip = clip.clone()
+        new_clip.add_patches(report.patches.get("clip", {}), strength_clip)
+        if report.unmatched:
+            new_clip.warnings.append(report.summary())
+    return new_model, new_clip, report
+
+
+# ---- ControlNet / T2I-Adapter ------------------------------------------------------------------------
+
+
+@dataclass
+class ControlNetHandle:
+    """The CONTROL_NET socket value: a ControlNet or T2I-Adapter module and where it came from."""
+
+    module: ControlNetModel | T2IAdapter
+    name: str
+
+    @property
+    def kind(self) -> str:
+        return "t2i_adapter" if isinstance(self.module, T2IAdapter) else "controlnet"
+
+
+def load_controlnet(path: str | os.PathLike[str], model: ModelHandle | None = None) -> ControlNetHandle:
+    """ControlNet (original single-file or diffusers layout) or T2I-Adapter, detected from the keys.
+
+    With `model` (DiffControlNetLoader): files marked as differences (a "difference" key, ComfyUI's
+    convention) get the model's UNet weights added to every ControlNet weight of the same name."""
+    name = os.path.basename(os.fspath(path))
+    try:
+        sd = read_state_dict(path, dtype=torch.float32)
+        if is_t2i_adapter(sd):
+            return ControlNetHandle(build_t2i_adapter(sd), name)
+        if "difference" in sd:
+            if model is None:
+                raise ValueError(
+                    "this is a difference ControlNet: load it with DiffControlNetLoader and a MODEL"
+                )
+            sd = strip_controlnet_prefix({k: v for k, v in sd.items() if k != "difference"})
+            base = model.unet.state_dict()
+            sd = {
+                k: (v + base[k].float().cpu()) if k in base and base[k].shape == v.shape else v
+                for k, v in sd.items()
+            }
+        return ControlNetHandle(build_controlnet(sd, dtype=torch.float32), name)
+    except ValueError as e:
+        raise AdapterFileError(f"{name}: {e}") from e
+
+
+def apply_controlnet(
+    conditioning: list[list[Any]],
+    control: ControlNetHandle,
+    image: torch.Tensor,
+    strength: float,
+    start_percent: float = 0.0,
+    end_percent: float = 1.0,
+    cache: dict[int, ControlApplication] | None = None,
+) -> list[list[Any]]:
+    """A copy of `conditioning` whose entries carry the control (chained onto any control already
+    there). `image` is an IMAGE (B, H, W, C). Pass one `cache` for the positive and negative lists so
+    that entries with the same previous control share one application (and one batched UNet call)."""
+    hint = image.movedim(-1, 1).float()
+    cache = cache if cache is not None else {}
+    out = []
+    for cond, opts in conditioning:
+        prev = opts.get("control")
+        key = id(prev)
+        if key not in cache:
+            cache[key] = ControlApplication(
+                control.module,
+                hint,
+                strength=strength,
+                start_percent=start_percent,
+                end_percent=end_percent,
+                previous=prev,
+            )
+        new_opts = dict(opts)
+        new_opts["control"] = cache[key]
+        out.append([cond, new_opts])
+    return out
+
+
+# ---- Upscale models ------------------------------------------------------------------------------------
+
+
+@dataclass
+class UpscaleModelHandle:
+    """The UPSCALE_MODEL socket value."""
+
+    module: torch.nn.Module
+    spec: UpscalerSpec
+    name: str
+
+    @property
+    def scale(self) -> int:
+        return self.spec.scale
+
+
+def load_upscale_model(path: str | os.PathLike[str]) -> UpscaleModelHandle:
+    try:
+        module, spec = load_upscaler_file(path)
+    except (ValueError, OSError) as e:
+        raise AdapterFileError(str(e)) from e
+    return UpscaleModelHandle(module, spec, os.path.basename(os.fspath(path)))
+
+
+def upscale_image(
+    model: UpscaleModelHandle,
+    image: torch.Tensor,
+    *,
+    device: torch.device | str = "cpu",
+    tile: int = 512,
+    overlap: int = 32,
+    progress: Callable[[int, int], None] | None = None,
+) -> torch.Tensor:
+    """IMAGE (B, H, W, C) -> IMAGE upscaled by the model's factor, tile by tile, clamped to 0..1."""
+    module = model.module.to(device)
+    x = image.movedim(-1, 1).float().to(device)
+    with torch.no_grad():
+        y = upscale_tiled(module, x, model.scale, tile=tile, overlap=overlap, progress=progress)
+    module.to("cpu")
+    return y.clamp(0.0, 1.0).movedim(1, -1).cpu()

@@ -9,12 +9,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
+from safetensors.torch import save_file
 
+from engine.diffusion.checkpoints.loader import load_checkpoint
 from engine.diffusion.checkpoints.synthetic import write_tiny_checkpoint
+from engine.diffusion.models.controlnet import ControlNetModel
+from engine.diffusion.models.upscalers import RRDBNet
 from engine.folders import Folders
 from engine.graph.loading import load_workflow_file
 from engine.graph.validate import validate_workflow
+from engine.graph.workflow import Link
 from engine.imageio import png_metadata
 from engine.runtime import build_runtime
 
@@ -29,6 +35,9 @@ NAMES = [
     "sdxl_txt2img",
     "sd_turbo",
     "area_composition",
+    "lora_txt2img",
+    "controlnet_canny",
+    "img2img_esrgan_upscale",
 ]
 
 CHECKPOINTS = {
@@ -58,7 +67,38 @@ SMALL = {
         "13": {"width": 96, "height": 64, "x": 96},
         "3": {"steps": 2},
     },
+    "lora_txt2img": {"5": {"width": 64, "height": 64}, "3": {"steps": 2}},
+    "controlnet_canny": {"5": {"width": 64, "height": 64}, "3": {"steps": 2}},
+    "img2img_esrgan_upscale": {"6": {"steps": 2}},
 }
+
+
+def _write_adapter_files(models: Path) -> None:
+    """A LoRA, a ControlNet and an ESRGAN model, tiny and random, in their real file layouts, under the
+    names the adapter workflows expect."""
+    sd1 = load_checkpoint(models / "checkpoints" / "v1-5-pruned-emaonly.safetensors")
+    g = torch.Generator().manual_seed(0)
+    lora = {}
+    for key, weight in sd1.unet.state_dict().items():
+        if key.endswith(("attn1.to_q.weight", "attn2.to_v.weight")):
+            name = "lora_unet_" + key.removesuffix(".weight").replace(".", "_")
+            lora[f"{name}.lora_up.weight"] = torch.randn(weight.shape[0], 2, generator=g)
+            lora[f"{name}.lora_down.weight"] = torch.randn(2, weight.shape[1], generator=g)
+            lora[f"{name}.alpha"] = torch.tensor(2.0)
+    (models / "loras").mkdir(parents=True, exist_ok=True)
+    save_file(lora, models / "loras" / "example_lora.safetensors")
+
+    control = ControlNetModel(sd1.unet.config)
+    with torch.no_grad():
+        for tensor in control.state_dict().values():
+            tensor.copy_(torch.randn(tensor.shape, generator=g) * 0.05)
+    (models / "controlnet").mkdir(parents=True, exist_ok=True)
+    weights = {f"control_model.{k}": v.contiguous() for k, v in control.state_dict().items()}
+    save_file(weights, models / "controlnet" / "control_v11p_sd15_canny.safetensors")
+
+    upscaler = RRDBNet(nf=8, nb=1, gc=4, scale=4)
+    (models / "upscale_models").mkdir(parents=True, exist_ok=True)
+    torch.save(upscaler.state_dict(), models / "upscale_models" / "RealESRGAN_x4plus.pth")
 
 
 def _write_image(path: Path, size: int = 32, alpha_hole: bool = False) -> None:
@@ -77,6 +117,7 @@ def runtime(tmp_path_factory):
     root = tmp_path_factory.mktemp("wf")
     for name, (family, inpaint) in CHECKPOINTS.items():
         write_tiny_checkpoint(root / "models" / "checkpoints" / name, family, seed=1, inpaint=inpaint)
+    _write_adapter_files(root / "models")
     folders = Folders.create(root)
     folders.create_directories()
     _write_image(folders.input / "example.png")
@@ -138,3 +179,31 @@ def test_comfyui_default_txt2img_runs_unchanged_in_both_formats(runtime):
         assert result.ok, [str(e) for e in result.errors]
         outputs.append(result.output("8"))
     assert outputs[0].shape == outputs[1].shape and (outputs[0] == outputs[1]).all()
+
+
+def _saved_pixels(runtime, wf) -> np.ndarray:
+    before = set(runtime.folders.output.rglob("*.png"))
+    result = runtime.executor.run(wf)
+    assert result.ok, [str(e) for e in result.errors]
+    (path,) = sorted(set(runtime.folders.output.rglob("*.png")) - before)
+    return np.asarray(Image.open(path))
+
+
+def test_lora_strength_changes_the_image_and_zero_matches_plain(runtime):
+    images = {}
+    for strength in (0.0, 1.0):
+        wf = _load_small(runtime, WORKFLOWS / "lora_txt2img.api.json", "lora_txt2img")
+        wf.set_input("10", "strength_model", strength)
+        images[strength] = _saved_pixels(runtime, wf)
+    plain = _load_small(runtime, WORKFLOWS / "lora_txt2img.api.json", "lora_txt2img")
+    plain.set_input("3", "model", Link("4", 0))  # bypass the LoRA on the model side
+    assert np.array_equal(_saved_pixels(runtime, plain), images[0.0])
+    assert not np.array_equal(images[0.0], images[1.0])
+
+
+def test_esrgan_workflow_upscales_by_the_detected_factor(runtime):
+    wf = _load_small(runtime, WORKFLOWS / "img2img_esrgan_upscale.api.json", "img2img_esrgan_upscale")
+    upscaled = _saved_pixels(runtime, wf)
+    wf.set_input("11", "images", Link("7", 0))  # save the img2img result itself instead
+    plain = _saved_pixels(runtime, wf)
+    assert upscaled.shape[:2] == (plain.shape[0] * 4, plain.shape[1] * 4)

@@ -217,6 +217,12 @@ class CFGDenoiser:
             self.negative = prepare_conditioning(negative, model, like, **kw)
         if not self.positive:
             raise ValueError("the positive CONDITIONING is empty; connect a text encoder output")
+        # Controls (ControlNet/T2I) convert sigma to their own timesteps and percent ranges: give them
+        # this model's noise schedule before sampling starts.
+        for prepared in (*self.positive, *self.negative):
+            pre_run = getattr(prepared.control, "pre_run", None)
+            if callable(pre_run):
+                pre_run(model.model_sampling)
         self.model_calls = 0
 
     @property

@@ -34,6 +34,8 @@ MODEL_KINDS = (
     "vae_approx",
 )
 _ALIASES = {"diffusion_models": "unet", "text_encoders": "clip"}
+# Folders that HTTP requests can read or write: paths there are confined after resolving symlinks.
+DATA_KINDS = frozenset({"input", "output", "temp"})
 
 
 @dataclass
@@ -45,6 +47,7 @@ class Folders:
     user: Path
     custom_nodes: list[Path] = field(default_factory=list)
     models: dict[str, list[Path]] = field(default_factory=dict)
+    workflows: Path | None = None  # example workflows offered by the canvas (read-only)
 
     @classmethod
     def create(
@@ -66,6 +69,7 @@ class Folders:
             temp=Path(temp_directory).resolve() if temp_directory else base / "temp",
             user=Path(user_directory).resolve() if user_directory else base / "user",
             custom_nodes=[base / "custom_nodes"],
+            workflows=base / "workflows",
         )
         for kind in MODEL_KINDS:
             folders.models[kind] = [models_root / kind]
@@ -145,19 +149,27 @@ class Folders:
         return self.list_files(choices.kind, choices.extensions)
 
     def full_path(self, kind: str, name: str, *, must_exist: bool = True) -> Path:
-        """The file `name` of a folder kind. Refuses absolute names and names escaping the folder."""
-        if not name or "\x00" in name:
+        """The file `name` of a folder kind. Refuses absolute names and names escaping the folder.
+
+        In the data folders (input/output/temp), which requests can write to, the check is made after
+        resolving symlinks. Model folders are the administrator's: a model file or sub-folder that is a
+        symlink to another drive is followed (as ComfyUI users expect), but the name itself must still
+        stay inside the folder.
+        """
+        if not name or "\x00" in name or "\\" in name:
             raise UnsafePathError(f"invalid file name {name!r}")
         relative = Path(name)
         if relative.is_absolute() or ".." in relative.parts:
             raise UnsafePathError(f"file name {name!r} must be relative to the {kind} folder, without '..'")
         roots = self.roots(kind)
+        follow_links = kind not in DATA_KINDS
         for root in roots:
-            candidate = (root / relative).resolve()
-            if not _is_within(candidate, root.resolve()):
+            lexical = root / relative
+            candidate = lexical.resolve()
+            if not follow_links and not _is_within(candidate, root.resolve()):
                 raise UnsafePathError(f"file name {name!r} points outside the {kind} folder")
             if candidate.exists() or not must_exist:
-                return candidate
+                return lexical if follow_links else candidate
         searched = ", ".join(str(r) for r in roots)
         raise FileNotFoundError(f"{kind} file {name!r} not found (looked in: {searched})")
 

@@ -123,6 +123,25 @@ def add_info_routes(routes: web.RouteTableDef, runtime: Runtime) -> None:
                 ]
         return web.json_response(urls)
 
+    @routes.get("/workflows")
+    async def example_workflows(_: web.Request) -> web.Response:
+        """Names of the example workflows (UI format; their `.api.json` twins are for scripts)."""
+        root = folders.workflows
+        names = (
+            []
+            if root is None or not root.is_dir()
+            else sorted(p.name for p in root.glob("*.json") if not p.name.endswith(".api.json"))
+        )
+        return web.json_response(names)
+
+    @routes.get("/workflows/{name}")
+    async def example_workflow(request: web.Request) -> web.StreamResponse:
+        root = folders.workflows
+        name = request.match_info["name"]
+        if root is None or not name.endswith(".json"):
+            raise BadRequest(404, f"no example workflow {name!r}", "not_found")
+        return serve_static(root, name)
+
     @routes.get(PLUGINS_ROUTE)
     async def plugins(_: web.Request) -> web.Response:
         return web.json_response({"packs": [pack.to_json() for pack in runtime.plugins.packs]})

@@ -118,3 +118,25 @@ def test_system_stats_and_free_use_the_memory_services(kit, tmp_path):
             await client.close()
 
     kit.run(scenario)
+
+
+def test_example_workflows_route(kit, tmp_path):
+    runtime = kit.make_runtime(tmp_path)
+    (tmp_path / "workflows").mkdir()
+    (tmp_path / "workflows" / "txt2img.json").write_text('{"nodes": [], "links": []}')
+    (tmp_path / "workflows" / "txt2img.api.json").write_text("{}")
+    (tmp_path / "secret.json").write_text('{"secret": true}')
+
+    async def scenario() -> None:
+        client = await kit.start_client(runtime, ServerConfig())
+        try:
+            assert await (await client.get("/api/workflows")).json() == ["txt2img.json"]
+            document = await (await client.get("/workflows/txt2img.json")).json()
+            assert document == {"nodes": [], "links": []}
+            for attempt in ("..%2Fsecret.json", "%2E%2E%2Fsecret.json", "nope.json", "txt2img"):
+                response = await client.get(f"/workflows/{attempt}")
+                assert 400 <= response.status < 500, attempt
+        finally:
+            await client.close()
+
+    kit.run(scenario)

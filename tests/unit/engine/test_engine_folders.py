@@ -23,13 +23,29 @@ def test_full_path_refuses_escapes(tmp_path):
         folders.full_path("loras", "missing.pt")
 
 
-def test_symlink_escape_is_refused(tmp_path):
+def test_symlink_escape_is_refused_in_data_folders(tmp_path):
+    folders = Folders.create(tmp_path)
+    folders.create_directories()
+    (tmp_path / "secret.png").write_bytes(b"")
+    (folders.input / "link.png").symlink_to(tmp_path / "secret.png")
+    with pytest.raises(UnsafePathError):
+        folders.full_path("input", "link.png")
+    with pytest.raises(UnsafePathError):
+        folders.full_path("input", "sub\\..\\..\\secret.png")
+
+
+def test_symlinked_model_files_are_followed(tmp_path):
+    """Model folders often link to another drive; the name must still stay inside the folder."""
     folders = Folders.create(tmp_path)
     (tmp_path / "models" / "vae").mkdir(parents=True)
-    (tmp_path / "outside.safetensors").write_bytes(b"")
-    (tmp_path / "models" / "vae" / "link.safetensors").symlink_to(tmp_path / "outside.safetensors")
+    (tmp_path / "elsewhere.safetensors").write_bytes(b"")
+    (tmp_path / "models" / "vae" / "link.safetensors").symlink_to(tmp_path / "elsewhere.safetensors")
+    assert (
+        folders.full_path("vae", "link.safetensors").resolve()
+        == (tmp_path / "elsewhere.safetensors").resolve()
+    )
     with pytest.raises(UnsafePathError):
-        folders.full_path("vae", "link.safetensors")
+        folders.full_path("vae", "../elsewhere.safetensors")
 
 
 def test_extra_model_paths_yaml(tmp_path):

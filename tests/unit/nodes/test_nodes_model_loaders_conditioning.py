@@ -214,3 +214,37 @@ def test_sdxl_text_encode_and_refiner_options(env):
     assert torch.allclose(diff[0][1]["pooled_output"], opts["pooled_output"])
     (ref,) = C.clip_text_encode_sdxl_refiner(ascore=2.5, width=512, height=512, text="x", clip=xl_clip)
     assert ref[0][1]["aesthetic_score"] == 2.5 and ref[0][1]["width"] == 512
+
+
+def test_unet_loader_original_and_diffusers_layouts(tmp_path):
+    """UNETLoader reads a bare UNet (original keys with or without the prefix, or diffusers keys); the
+    family comes from the UNet alone, so the test UNet is small but has SD1's 768-wide cross-attention."""
+    from safetensors.torch import save_file
+
+    from engine.diffusion.checkpoints.diffusers_layout import unet_original_to_diffusers
+    from engine.diffusion.models.unet import UNetConfig, UNetModel
+
+    config = UNetConfig.from_levels(
+        channel_mult=(1, 2), num_res_blocks=1, level_depth=(1, 1), middle_depth=1,
+        model_channels=32, context_dim=768, num_heads=8,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    unet = UNetModel(config)
+    weights = {k: v.contiguous() for k, v in unet.state_dict().items()}
+    folder = tmp_path / "models" / "unet"
+    folder.mkdir(parents=True)
+    save_file({f"model.diffusion_model.{k}": v for k, v in weights.items()}, folder / "prefixed.safetensors")
+    save_file(unet_original_to_diffusers(weights), folder / "diffusers.safetensors")
+    ctx = Ctx(Folders.create(tmp_path), ModelManager(select_device(MemoryOptions())))
+
+    x, t, context = torch.randn(1, 4, 16, 16), torch.tensor([500.0]), torch.randn(1, 77, 768)
+    with torch.no_grad():
+        expected = unet(x, t, context=context)
+    for name in ("prefixed.safetensors", "diffusers.safetensors"):
+        (model,) = L.unet_loader(unet_name=name, weight_dtype="default", context=ctx)
+        assert model.family == "sd1" and model.unet.config == config
+        with torch.no_grad():
+            assert torch.allclose(model.unet(x, t, context=context), expected, atol=1e-5), name
+    (folder / "not_a_unet.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}      ")
+    with pytest.raises(Exception, match="not_a_unet.safetensors"):
+        L.unet_loader(unet_name="not_a_unet.safetensors", weight_dtype="default", context=ctx)

@@ -31,7 +31,9 @@ def peak_rss_mb() -> float:
 def checkpoint() -> Path:
     from engine.diffusion.checkpoints.synthetic import write_full_size_sd15
 
-    path = Path.home() / ".cache" / "diffgraph-bench" / "sd15_random.safetensors"
+    path = (
+        Path.home() / ".cache" / "diffgraph-bench" / "sd15_random_fp16.safetensors"
+    )  # shared with load_checkpoint.py
     if not path.exists():
         write_full_size_sd15(path)
     return path
@@ -79,7 +81,7 @@ def build_diffusers(ckpt: Path):
 
     from engine.diffusion.text.tokenizer import load_clip_tokenizer
 
-    sd = {k: v.float() for k, v in load_file(str(ckpt)).items()}
+    sd = {k: v.float() for k, v in load_file(str(ckpt)).items()}  # diffusers runs in fp32 on CPU, as we do
     unet_cfg = dict(
         sample_size=32, in_channels=4, out_channels=4, layers_per_block=2, cross_attention_dim=768,
         attention_head_dim=8, block_out_channels=(320, 640, 1280, 1280),
@@ -99,6 +101,7 @@ def build_diffusers(ckpt: Path):
     text = CLIPTextModel(text_cfg)
     clip_sd = convert_ldm_clip_checkpoint(sd)
     text.load_state_dict(clip_sd, strict=False)
+    del sd, clip_sd
     scheduler = EulerDiscreteScheduler(
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000
     )
@@ -128,22 +131,46 @@ def run_diffusers(ckpt: Path, repeats: int) -> dict[str, float]:
     return {"cold": cold, "warm": min(times)}
 
 
+def child(which: str, repeats: int) -> None:
+    """One side of the comparison in its own process, so that peak RSS is that side's alone."""
+    torch.manual_seed(0)
+    ckpt = checkpoint()
+    result = run_diffgraph(ckpt, repeats) if which == "diffgraph" else run_diffusers(ckpt, repeats)
+    result["peak_rss_mb"] = peak_rss_mb()
+    print(json.dumps(result))
+
+
+def run_child(which: str, repeats: int) -> dict[str, float]:
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", which, "--repeats", str(repeats)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--skip-diffusers", action="store_true")
+    parser.add_argument("--child", choices=["diffgraph", "diffusers"], help=argparse.SUPPRESS)
     args = parser.parse_args()
-    torch.manual_seed(0)
-    ckpt = checkpoint()
-    ours = run_diffgraph(ckpt, args.repeats)
-    rss_ours = peak_rss_mb()
+    if args.child:
+        child(args.child, args.repeats)
+        return
+    checkpoint()  # build the cached file once, outside the timed children
+    ours = run_child("diffgraph", args.repeats)
     print(f"diffgraph  cold {ours['cold']:.2f} s  warm {ours['warm']:.2f} s  "
-          f"{ours['warm'] / STEPS:.2f} s/step (incl. encode+decode)  peak RSS {rss_ours:.0f} MB")  # fmt: skip
+          f"{ours['warm'] / STEPS:.2f} s/step (incl. encode+decode)  peak RSS {ours['peak_rss_mb']:.0f} MB")  # fmt: skip
     if args.skip_diffusers:
         return
-    ref = run_diffusers(ckpt, args.repeats)
+    ref = run_child("diffusers", args.repeats)
     print(f"diffusers  cold {ref['cold']:.2f} s  warm {ref['warm']:.2f} s  "
-          f"{ref['warm'] / STEPS:.2f} s/step  peak RSS (process, both runs) {peak_rss_mb():.0f} MB")  # fmt: skip
+          f"{ref['warm'] / STEPS:.2f} s/step  peak RSS {ref['peak_rss_mb']:.0f} MB")  # fmt: skip
     print(f"warm ratio diffgraph / diffusers: {ours['warm'] / ref['warm']:.2f}x (target <= 1.0)")
 
 

@@ -183,7 +183,7 @@ def tokenize_prompt(
                 text = rest
                 if not text:
                     continue
-            ids = tokenizer(text)["input_ids"]
+            ids = tokenizer(text, truncation=False, verbose=False)["input_ids"]
             # The tokenizer adds BOS/EOS; the chunker adds its own per chunk.
             body = [int(t) for t in ids[1:-1]]
             if body:

@@ -34,6 +34,7 @@ if TYPE_CHECKING:  # transformers is heavy; import it only when a tokenizer is a
 BPE_FILE_NAME = "bpe_simple_vocab_16e6.txt.gz"
 BPE_DISTRIBUTION = "openai-clip"
 
+CONTEXT_LENGTH = 77  # positions of CLIP's text transformer
 BOS_TOKEN_ID = 49406  # <|startoftext|>
 EOS_TOKEN_ID = 49407  # <|endoftext|>
 VOCAB_SIZE = 49408
@@ -183,9 +184,10 @@ class ClipTokenizerLoader:
             with tempfile.TemporaryDirectory(prefix="diffgraph-clip-tokenizer-") as tmp:
                 write_tokenizer_files(Path(tmp))
                 tokenizer = CLIPTokenizer.from_pretrained(tmp, local_files_only=True)
-        # CLIP's context is 77 positions; the prompt code chunks long prompts itself, so the
-        # tokenizer must never truncate or warn about length.
-        tokenizer.model_max_length = 10**9
+        # CLIP's context is 77 positions. Other users of this tokenizer (e.g. a diffusers pipeline)
+        # pad to model_max_length, so it must be the true 77; our prompt code chunks long prompts
+        # itself and calls the tokenizer with truncation=False, verbose=False.
+        tokenizer.model_max_length = CONTEXT_LENGTH
         ids = tokenizer("")["input_ids"]
         if list(ids) != [BOS_TOKEN_ID, EOS_TOKEN_ID]:
             raise TokenizerFilesError(

@@ -76,4 +76,12 @@ def test_max_length_is_clips_context(tokenizer) -> None:
     """Other code (e.g. a diffusers pipeline) pads to model_max_length: it must be CLIP's 77 positions."""
     assert tokenizer.model_max_length == 77
     padded = tokenizer("a photo of a cat", padding="max_length", max_length=tokenizer.model_max_length)
-    assert len(padded["input_ids"]) == 77 and padded["input_ids"][:7] == [49406, 320, 1125, 539, 320, 2368, 49407]
+    assert len(padded["input_ids"]) == 77 and padded["input_ids"][:7] == [
+        49406,
+        320,
+        1125,
+        539,
+        320,
+        2368,
+        49407,
+    ]

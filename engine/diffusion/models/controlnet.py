@@ -23,8 +23,8 @@ from torch import nn
 
 from engine.diffusion.checkpoints.diffusers_layout import unet_diffusers_to_original
 
-from .unet import UNetConfig
-from .unet_blocks import Downsample, ResBlock, SpatialTransformer, TimestepBlock, timestep_embedding
+from .unet import UNetConfig, build_embeddings, build_input_blocks, build_middle_block
+from .unet_blocks import timestep_embedding
 
 # Channels of the hint encoder of every published ControlNet (cldm.py: 16, 16, 32, 32, 96, 96, 256,
 # then a zero conv to model_channels); stride 2 on the 3rd, 5th and 7th conv: 8x downsampling.
@@ -47,15 +47,7 @@ class ControlNetModel(nn.Module):
         self.config = config
         fk: dict[str, Any] = {"dtype": dtype, "device": device}
         mc = config.model_channels
-        ted = mc * 4
-        self.time_embed = nn.Sequential(nn.Linear(mc, ted, **fk), nn.SiLU(), nn.Linear(ted, ted, **fk))
-        self.label_emb: nn.Sequential | None = None
-        if config.adm_in_channels is not None:
-            self.label_emb = nn.Sequential(
-                nn.Sequential(
-                    nn.Linear(config.adm_in_channels, ted, **fk), nn.SiLU(), nn.Linear(ted, ted, **fk)
-                )
-            )
+        self.time_embed, self.label_emb = build_embeddings(config, fk)
         # input_hint_block: conv (+SiLU) chain; indices 0, 2, 4, ... hold the convs.
         hint: list[nn.Module] = []
         cin = hint_channels
@@ -66,45 +58,11 @@ class ControlNetModel(nn.Module):
         hint.append(nn.Conv2d(cin, mc, 3, padding=1, **fk))
         self.input_hint_block = nn.Sequential(*hint)
 
-        def transformer(ch: int, depth: int) -> SpatialTransformer:
-            heads, dim_head = config.heads_for(ch)
-            return SpatialTransformer(
-                ch,
-                heads,
-                dim_head,
-                depth,
-                config.context_dim,
-                use_linear=config.use_linear_in_transformer,
-                **fk,
-            )
-
-        def zero_conv(ch: int) -> nn.Sequential:
-            return nn.Sequential(nn.Conv2d(ch, ch, 1, **fk))
-
-        self.input_blocks = nn.ModuleList(
-            [TimestepBlock([nn.Conv2d(config.in_channels, mc, 3, padding=1, **fk)])]
-        )
-        self.zero_convs = nn.ModuleList([zero_conv(mc)])
-        ch = mc
-        depth_in = iter(config.transformer_depth)
-        last = len(config.channel_mult) - 1
-        for level, mult in enumerate(config.channel_mult):
-            for _ in range(config.num_res_blocks[level]):
-                layers: list[nn.Module] = [ResBlock(ch, ted, mc * mult, **fk)]
-                ch = mc * mult
-                depth = next(depth_in)
-                if depth > 0:
-                    layers.append(transformer(ch, depth))
-                self.input_blocks.append(TimestepBlock(layers))
-                self.zero_convs.append(zero_conv(ch))
-            if level != last:
-                self.input_blocks.append(TimestepBlock([Downsample(ch, ch, **fk)]))
-                self.zero_convs.append(zero_conv(ch))
-        mid: list[nn.Module] = [ResBlock(ch, ted, ch, **fk)]
-        if config.transformer_depth_middle is not None:
-            mid += [transformer(ch, config.transformer_depth_middle), ResBlock(ch, ted, ch, **fk)]
-        self.middle_block = TimestepBlock(mid)
-        self.middle_block_out = zero_conv(ch)
+        # The encoder half is the UNet's own (same keys), with a zero convolution after every block.
+        self.input_blocks, channels = build_input_blocks(config, fk)
+        self.zero_convs = nn.ModuleList([nn.Sequential(nn.Conv2d(c, c, 1, **fk)) for c in channels])
+        self.middle_block = build_middle_block(config, channels[-1], fk)
+        self.middle_block_out = nn.Sequential(nn.Conv2d(channels[-1], channels[-1], 1, **fk))
 
     @property
     def dtype(self) -> torch.dtype:

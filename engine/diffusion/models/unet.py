@@ -271,6 +271,63 @@ class UNetConfig:
         )
 
 
+def build_transformer(config: UNetConfig, ch: int, depth: int, fk: dict[str, Any]) -> SpatialTransformer:
+    heads, dim_head = config.heads_for(ch)
+    return SpatialTransformer(
+        ch, heads, dim_head, depth, config.context_dim, use_linear=config.use_linear_in_transformer, **fk
+    )
+
+
+def build_embeddings(config: UNetConfig, fk: dict[str, Any]) -> tuple[nn.Sequential, nn.Sequential | None]:
+    """`time_embed` and, for SDXL-style models, `label_emb` (shared by the UNet and ControlNet)."""
+    mc = config.model_channels
+    ted = mc * 4
+    time_embed = nn.Sequential(nn.Linear(mc, ted, **fk), nn.SiLU(), nn.Linear(ted, ted, **fk))
+    label_emb = None
+    if config.adm_in_channels is not None:
+        # Key layout label_emb.0.0 / label_emb.0.2: SGM's num_classes="sequential" wraps the MLP twice.
+        label_emb = nn.Sequential(
+            nn.Sequential(nn.Linear(config.adm_in_channels, ted, **fk), nn.SiLU(), nn.Linear(ted, ted, **fk))
+        )
+    return time_embed, label_emb
+
+
+def build_input_blocks(config: UNetConfig, fk: dict[str, Any]) -> tuple[nn.ModuleList, list[int]]:
+    """The encoder half (`input_blocks.N`), and the channel count each block outputs: the UNet's skip
+    connections, and the ControlNet's zero convolutions, follow these one to one."""
+    mc = config.model_channels
+    ted = mc * 4
+    blocks = nn.ModuleList([TimestepBlock([nn.Conv2d(config.in_channels, mc, 3, padding=1, **fk)])])
+    channels = [mc]
+    ch = mc
+    depth_in = iter(config.transformer_depth)
+    last = len(config.channel_mult) - 1
+    for level, mult in enumerate(config.channel_mult):
+        for _ in range(config.num_res_blocks[level]):
+            layers: list[nn.Module] = [ResBlock(ch, ted, mc * mult, **fk)]
+            ch = mc * mult
+            depth = next(depth_in)
+            if depth > 0:
+                layers.append(build_transformer(config, ch, depth, fk))
+            blocks.append(TimestepBlock(layers))
+            channels.append(ch)
+        if level != last:
+            blocks.append(TimestepBlock([Downsample(ch, ch, **fk)]))
+            channels.append(ch)
+    return blocks, channels
+
+
+def build_middle_block(config: UNetConfig, ch: int, fk: dict[str, Any]) -> TimestepBlock:
+    ted = config.model_channels * 4
+    mid: list[nn.Module] = [ResBlock(ch, ted, ch, **fk)]
+    if config.transformer_depth_middle is not None:
+        mid += [
+            build_transformer(config, ch, config.transformer_depth_middle, fk),
+            ResBlock(ch, ted, ch, **fk),
+        ]
+    return TimestepBlock(mid)
+
+
 class UNetModel(nn.Module):
     """The LDM/SGM UNet; see the module docstring for the forward contract."""
 
@@ -280,64 +337,22 @@ class UNetModel(nn.Module):
         fk: dict[str, Any] = {"dtype": dtype, "device": device}
         mc = config.model_channels
         ted = mc * 4
-        self.time_embed = nn.Sequential(nn.Linear(mc, ted, **fk), nn.SiLU(), nn.Linear(ted, ted, **fk))
-        self.label_emb: nn.Sequential | None = None
-        if config.adm_in_channels is not None:
-            # Key layout label_emb.0.0 / label_emb.0.2: SGM's num_classes="sequential" wraps the MLP twice.
-            self.label_emb = nn.Sequential(
-                nn.Sequential(
-                    nn.Linear(config.adm_in_channels, ted, **fk), nn.SiLU(), nn.Linear(ted, ted, **fk)
-                )
-            )
-
-        def transformer(ch: int, depth: int) -> SpatialTransformer:
-            heads, dim_head = config.heads_for(ch)
-            return SpatialTransformer(
-                ch,
-                heads,
-                dim_head,
-                depth,
-                config.context_dim,
-                use_linear=config.use_linear_in_transformer,
-                **fk,
-            )
-
-        self.input_blocks = nn.ModuleList(
-            [TimestepBlock([nn.Conv2d(config.in_channels, mc, 3, padding=1, **fk)])]
+        self.time_embed, self.label_emb = build_embeddings(config, fk)
+        self.input_blocks, skip_channels = build_input_blocks(config, fk)
+        ch = skip_channels[-1]
+        self.middle_block: TimestepBlock | None = (
+            build_middle_block(config, ch, fk) if config.middle_block else None
         )
-        skip_channels = [mc]
-        ch = mc
-        depth_in = iter(config.transformer_depth)
-        last = len(config.channel_mult) - 1
-        for level, mult in enumerate(config.channel_mult):
-            for _ in range(config.num_res_blocks[level]):
-                layers: list[nn.Module] = [ResBlock(ch, ted, mc * mult, **fk)]
-                ch = mc * mult
-                depth = next(depth_in)
-                if depth > 0:
-                    layers.append(transformer(ch, depth))
-                self.input_blocks.append(TimestepBlock(layers))
-                skip_channels.append(ch)
-            if level != last:
-                self.input_blocks.append(TimestepBlock([Downsample(ch, ch, **fk)]))
-                skip_channels.append(ch)
-
-        self.middle_block: TimestepBlock | None = None
-        if config.middle_block:
-            mid: list[nn.Module] = [ResBlock(ch, ted, ch, **fk)]
-            if config.transformer_depth_middle is not None:
-                mid += [transformer(ch, config.transformer_depth_middle), ResBlock(ch, ted, ch, **fk)]
-            self.middle_block = TimestepBlock(mid)
 
         self.output_blocks = nn.ModuleList()
         depth_out = iter(config.transformer_depth_output)
         for level, mult in reversed(list(enumerate(config.channel_mult))):
             for i in range(config.num_res_blocks[level] + 1):
-                layers = [ResBlock(ch + skip_channels.pop(), ted, mc * mult, **fk)]
+                layers: list[nn.Module] = [ResBlock(ch + skip_channels.pop(), ted, mc * mult, **fk)]
                 ch = mc * mult
                 depth = next(depth_out)
                 if depth > 0:
-                    layers.append(transformer(ch, depth))
+                    layers.append(build_transformer(config, ch, depth, fk))
                 if level and i == config.num_res_blocks[level]:
                     layers.append(Upsample(ch, ch, **fk))
                 self.output_blocks.append(TimestepBlock(layers))

@@ -28,6 +28,7 @@ import enum
 import gc
 import itertools
 import threading
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -113,7 +114,10 @@ class ModelManager:
             ram_budget_bytes if ram_budget_bytes is not None else device_info.ram_budget_bytes
         )
         self._lock = threading.RLock()
-        self._models: list[ManagedModel] = []
+        # Weak references: a model nobody refers to any more (e.g. a loader result the output cache
+        # evicted, with no clone left) is forgotten and its memory freed, instead of accumulating for
+        # the life of a server. Whoever uses a model holds its ManagedModel (via a handle/patcher).
+        self._refs: list[weakref.ref[ManagedModel]] = []
         self._clock = itertools.count(1)
         self._transient_bytes = 0
         self.peak_device_bytes = 0
@@ -158,7 +162,7 @@ class ModelManager:
                 handle.location = Location.DEVICE
                 handle.resident_bytes = handle.size_bytes
                 self._note_peak()
-            self._models.append(handle)
+            self._refs.append(weakref.ref(handle))
             self._enforce_ram_budget(keep=(handle,))
             return handle
 
@@ -166,7 +170,20 @@ class ModelManager:
         with self._lock:
             if handle.on_device:
                 self._offload(handle)
-            self._models.remove(handle)
+            self._refs = [r for r in self._refs if r() is not None and r() is not handle]
+
+    @property
+    def _models(self) -> list[ManagedModel]:
+        """The registered models still alive (pruning the references to collected ones)."""
+        alive: list[ManagedModel] = []
+        refs: list[weakref.ref[ManagedModel]] = []
+        for ref in self._refs:
+            model = ref()
+            if model is not None:
+                alive.append(model)
+                refs.append(ref)
+        self._refs = refs
+        return alive
 
     def handle_for(self, module: nn.Module) -> ManagedModel | None:
         with self._lock:

@@ -91,7 +91,7 @@ def test_system_stats_and_free_use_the_memory_services(kit, tmp_path):
     manager = runtime.services[MODEL_MANAGER]
     layer = torch.nn.Linear(4, 4)
     weights = {k: v.clone() for k, v in layer.state_dict().items()}
-    manager.register(layer, name="tiny-linear", loader=lambda: weights)
+    handle = manager.register(layer, name="tiny-linear", loader=lambda: weights)  # noqa: F841 (kept alive)
 
     async def scenario() -> None:
         client = await kit.start_client(runtime)

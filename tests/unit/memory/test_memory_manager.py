@@ -50,6 +50,26 @@ def test_sizes_are_the_weight_bytes(cpu_info: DeviceInfo) -> None:
     assert manager.current_device_bytes == STACK6
 
 
+def test_models_nobody_holds_are_forgotten(cpu_info: DeviceInfo) -> None:
+    """The manager holds weak references: when the last handle goes (e.g. the output cache evicted a
+    loader result), the model leaves the registry and the device accounting, and its memory is freed."""
+    import gc
+    import weakref
+
+    manager = ModelManager(cpu_info, device_budget_bytes=10 * STACK6)
+    kept = manager.register(linear_stack(6), name="kept")
+    dropped = manager.register(linear_stack(6, seed=1), name="dropped")
+    manager.load(kept)
+    manager.load(dropped)
+    assert manager.current_device_bytes == 2 * STACK6
+    module = weakref.ref(dropped.module)
+    del dropped
+    gc.collect()
+    assert module() is None
+    assert [h.name for h in manager.models] == ["kept"]
+    assert manager.current_device_bytes == STACK6
+
+
 def test_lru_eviction_order(cpu_info: DeviceInfo) -> None:
     # Room for two of the three models.
     manager = ModelManager(cpu_info, device_budget_bytes=2 * STACK6)

@@ -24,7 +24,7 @@ def test_read_meminfo_parses_kibibytes(tmp_path) -> None:
 
 def test_system_stats_shape(cpu_info: DeviceInfo, make_linear_stack) -> None:
     manager = ModelManager(cpu_info)
-    manager.register(make_linear_stack(1), name="m")
+    handle = manager.register(make_linear_stack(1), name="m")  # noqa: F841 (the manager holds weak references)
     body = system_stats(cpu_info, manager)
     system = body["system"]
     assert {

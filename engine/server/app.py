@@ -1,34 +1,41 @@
 """The app factory and `serve`: wires the store, queue worker, WebSocket hub, security middleware and
 routes (every API route also under `/api/...`, as ComfyUI's newer clients call them).
 
-Nothing starts at import: `create_app` builds objects, the app's start-up hooks start the worker.
+Nothing starts at import: `create_app` builds objects; the app's lifecycle context (`cleanup_ctx`)
+starts the worker and stops it. Handlers are module-level functions that read the app's state through
+the typed keys in keys.py.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
+from collections.abc import AsyncIterator
 from typing import Any
 
 from aiohttp import web
 
 from engine.runtime import Runtime
-from engine.server import routes_files
-from engine.server.config import ServerConfig, default_web_root
+from engine.server import (
+    routes_files,
+    routes_frontend,
+    routes_info,
+    routes_jobs,
+    routes_queue,
+    routes_user,
+)
+from engine.server.config import ServerConfig
+from engine.server.keys import CONFIG_KEY, HUB_KEY, QUEUE_KEY, RUNTIME_KEY, STORE_KEY, USER_FILES_KEY
+from engine.server.limits import cut_text
 from engine.server.protocol import ClientHub
-from engine.server.routes_info import add_info_routes, add_static_routes
-from engine.server.routes_queue import add_queue_routes
 from engine.server.security import BadRequest, Handler, generate_token, make_security_middleware
 from engine.server.store import PromptStore
+from engine.server.userdata import UserFiles
 from engine.server.worker import PromptQueue
 
 log = logging.getLogger("diffgraph.server")
 
-RUNTIME_KEY = web.AppKey("runtime", Runtime)
-CONFIG_KEY = web.AppKey("config", ServerConfig)
-QUEUE_KEY = web.AppKey("queue", PromptQueue)
-STORE_KEY = web.AppKey("store", PromptStore)
-HUB_KEY = web.AppKey("hub", ClientHub)
 STORE_FILENAME = "diffgraph_queue.sqlite3"
 
 
@@ -40,11 +47,24 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except BadRequest as exc:
         if exc.status >= 400:
             log.info(
-                "request refused", extra={"path": request.path, "status": exc.status, "reason": str(exc)}
+                "request refused",
+                extra={"path": request.path, "status": exc.status, "reason": cut_text(str(exc))},
             )
         return exc.response()
     except web.HTTPException:
         raise
+    except sqlite3.Error:
+        # The write was rolled back and nothing changed; the client may simply try again.
+        log.exception("queue file error", extra={"path": request.path})
+        return web.json_response(
+            {
+                "error": {
+                    "type": "queue_unavailable",
+                    "message": "the queue file could not be read or written; nothing was changed, try again",
+                }
+            },
+            status=503,
+        )
     except Exception:
         log.exception("unhandled error", extra={"path": request.path})
         return web.json_response(
@@ -53,67 +73,68 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         )
 
 
-def create_app(runtime: Runtime, config: ServerConfig | None = None) -> web.Application:
+def create_app(
+    runtime: Runtime, config: ServerConfig | None = None, *, store: PromptStore | None = None
+) -> web.Application:
+    """The application: its state under typed keys, module-level handlers, one lifecycle context.
+    Builds objects only; the worker starts when the app starts. `store`: an already opened store
+    (default: the SQLite file named by the config); the app closes it on shutdown."""
     config = config or ServerConfig()
     runtime.folders.create_directories()
-    store = PromptStore(
-        config.store_path or runtime.folders.user / STORE_FILENAME, history_limit=config.history_limit
-    )
-    hub = ClientHub()
-    queue = PromptQueue(runtime, store, hub, config)
-    folders = runtime.folders
-
-    routes = web.RouteTableDef()
-    add_info_routes(routes, runtime)
-    add_queue_routes(routes, queue, store)
-
-    @routes.get("/ws")
-    async def websocket(request: web.Request) -> web.StreamResponse:
-        return await hub.handle(request, queue.status, queue.current)
-
-    @routes.get("/view")
-    async def view(request: web.Request) -> web.StreamResponse:
-        return routes_files.view(request, folders)
-
-    @routes.post("/upload/image")
-    async def upload_image(request: web.Request) -> web.Response:
-        return await routes_files.upload(request, folders, config, mask=False)
-
-    @routes.post("/upload/mask")
-    async def upload_mask(request: web.Request) -> web.Response:
-        return await routes_files.upload(request, folders, config, mask=True)
-
+    if store is None:
+        store = PromptStore(
+            config.store_path or runtime.folders.user / STORE_FILENAME, history_limit=config.history_limit
+        )
+    hub = ClientHub(features=routes_frontend.server_features(config.max_upload_bytes))
+    user_files = UserFiles(runtime.folders.user)
+    user_files.create()
     app = web.Application(
         client_max_size=config.max_upload_bytes + 1024**2,
         middlewares=[error_middleware, make_security_middleware(config)],
     )
-    app.add_routes(routes)
-    app.add_routes(
-        [web.route(r.method, "/api" + r.path, r.handler) for r in routes if isinstance(r, web.RouteDef)]
-    )
-    add_static_routes(app, runtime, config.web_root or default_web_root())
     app[RUNTIME_KEY] = runtime
     app[CONFIG_KEY] = config
-    app[QUEUE_KEY] = queue
     app[STORE_KEY] = store
     app[HUB_KEY] = hub
-
-    async def on_startup(_: web.Application) -> None:
-        await hub.start()
-        queue.recover()
-        queue.start()
-
-    async def on_shutdown(_: web.Application) -> None:
-        await asyncio.get_running_loop().run_in_executor(None, queue.stop)
-        await hub.stop()
-
-    async def on_cleanup(_: web.Application) -> None:
-        store.close()
-
-    app.on_startup.append(on_startup)
-    app.on_shutdown.append(on_shutdown)
-    app.on_cleanup.append(on_cleanup)
+    app[QUEUE_KEY] = PromptQueue(runtime, store, hub, config)
+    app[USER_FILES_KEY] = user_files
+    routes_frontend.setup(app)
+    api_routes = [
+        *routes_queue.ROUTES,
+        *routes_files.ROUTES,
+        *routes_info.ROUTES,
+        *routes_user.ROUTES,
+        *routes_frontend.ROUTES,
+        *routes_jobs.ROUTES,
+    ]
+    app.add_routes(api_routes)
+    app.add_routes([web.route(r.method, "/api" + r.path, r.handler, **r.kwargs) for r in api_routes])
+    app.add_routes(routes_frontend.STATIC_ROUTES)  # before the canvas's catch-all
+    app.add_routes(routes_info.STATIC_ROUTES)
+    app.cleanup_ctx.append(lifecycle)
+    app.on_shutdown.append(close_websockets)
     return app
+
+
+async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+    """Start-up and shutdown in one place: the outbox, restart recovery and the worker; then (after the
+    HTTP side stopped) the worker's graceful stop, the outbox, the store."""
+    hub, queue, store = app[HUB_KEY], app[QUEUE_KEY], app[STORE_KEY]
+    await hub.start()
+    try:
+        await asyncio.to_thread(queue.recover)  # reads and writes the store, validates: off the loop
+        queue.start()
+        yield
+    finally:  # also when the start-up failed: nothing stays open
+        await asyncio.to_thread(queue.stop)
+        await hub.stop()
+        await asyncio.to_thread(store.close)
+
+
+async def close_websockets(app: web.Application) -> None:
+    """On shutdown, before aiohttp waits for open connections (aiohttp's advice for WebSockets):
+    otherwise every connected client would hold the shutdown for the whole timeout."""
+    await app[HUB_KEY].close_sockets()
 
 
 def prepare_access(config: ServerConfig, announce: Any = print) -> None:
@@ -147,4 +168,14 @@ def serve(runtime: Runtime, config: ServerConfig | None = None, **legacy: Any) -
     )
 
 
-__all__ = ["create_app", "serve", "prepare_access", "ServerConfig"]
+__all__ = [
+    "create_app",
+    "serve",
+    "prepare_access",
+    "ServerConfig",
+    "RUNTIME_KEY",
+    "CONFIG_KEY",
+    "QUEUE_KEY",
+    "STORE_KEY",
+    "HUB_KEY",
+]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 import uuid
@@ -35,8 +36,11 @@ class _Outgoing:
 class ClientHub:
     """Connected WebSocket clients by session id, and the outbox that sends to them in order."""
 
-    def __init__(self) -> None:
+    def __init__(self, features: dict[str, Any] | None = None) -> None:
         self.sockets: dict[str, web.WebSocketResponse] = {}
+        # The `feature_flags` exchange: ours (sent in answer to a client's) and each client's.
+        self.features: dict[str, Any] = dict(features or {})
+        self.client_features: dict[str, dict[str, Any]] = {}
         self._outbox: asyncio.Queue[_Outgoing | None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
@@ -52,6 +56,9 @@ class ClientHub:
             self._outbox.put_nowait(None)
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await asyncio.wait_for(self._task, 5)
+        await self.close_sockets()
+
+    async def close_sockets(self) -> None:
         for ws in list(self.sockets.values()):
             with contextlib.suppress(Exception):
                 await ws.close(code=1001, message=b"server shutting down")
@@ -123,14 +130,32 @@ class ClientHub:
             self.post(
                 "executing", {"node": running[2], "display_node": running[2], "prompt_id": running[1]}, sid
             )
+        first = True
         try:
             async for message in ws:
                 if message.type == WSMsgType.ERROR:
                     log.warning("websocket closed with an error: %s", ws.exception())
+                elif message.type == WSMsgType.TEXT and first:
+                    self._feature_flags(sid, message.data)
+                first = False
         finally:
             if self.sockets.get(sid) is ws:
                 del self.sockets[sid]
+                self.client_features.pop(sid, None)
         return ws
+
+    def _feature_flags(self, sid: str, text: str) -> None:
+        """ComfyUI's negotiation: a client's first message may be `{"type": "feature_flags", "data":
+        {...}}`; it is stored and answered with the server's flags. Anything else is ignored."""
+        try:
+            body = json.loads(text)
+        except ValueError:
+            log.debug("ignored a websocket message that is not JSON", extra={"sid": sid})
+            return
+        if isinstance(body, dict) and body.get("type") == "feature_flags":
+            data = body.get("data")
+            self.client_features[sid] = data if isinstance(data, dict) else {}
+            self.post("feature_flags", dict(self.features), sid)
 
 
 def _now_ms() -> int:
@@ -151,13 +176,60 @@ class PromptReporter:
     preview_max_size: int = 512
     messages: list[list[Any]] = field(default_factory=list)  # history "status.messages"
     current_node: str | None = None
+    wants_previews: bool = True  # ExecutionContext renders sampler previews only for sinks that say so
+    node_states: dict[str, dict[str, Any]] = field(default_factory=dict)  # for `progress_state`
 
     def _send(self, event: str, data: dict[str, Any], *, record: bool = False) -> None:
         if record:
             self.messages.append([event, data])
         self.hub.post(event, data, self.sid)
 
+    def _node_state(self, node_id: str, state: str, value: float, maximum: float) -> None:
+        """ComfyUI's `progress_state`: after each change, every node that left `pending` with its state
+        (running, finished, error) and progress, in one message."""
+        self.node_states[node_id] = {
+            "value": value,
+            "max": maximum,
+            "state": state,
+            "node_id": node_id,
+            "prompt_id": self.prompt_id,
+            "display_node_id": node_id,
+            "parent_node_id": None,
+            "real_node_id": node_id,
+        }
+        nodes = {key: dict(entry) for key, entry in self.node_states.items()}
+        self._send("progress_state", {"prompt_id": self.prompt_id, "nodes": nodes})
+
     def __call__(self, event: Any) -> None:
+        if isinstance(event, ev.ExecutionFailed | ev.ExecutionFinished):  # terminal message stays last
+            self._report_state(event)
+            self._report(event)
+        else:  # after: a preview frame must directly follow its `progress`
+            self._report(event)
+            self._report_state(event)
+
+    def _finish_running(self) -> None:
+        """Nodes run one at a time and only output nodes report `executed`: a node still running when
+        the next starts (or the prompt ends) has finished."""
+        for node_id, entry in list(self.node_states.items()):
+            if entry["state"] == "running":
+                self._node_state(node_id, "finished", entry["max"], entry["max"])
+
+    def _report_state(self, event: Any) -> None:
+        if isinstance(event, ev.NodeExecuting):
+            self._finish_running()
+            self._node_state(event.node_id, "running", 0, 1)
+        elif isinstance(event, ev.ExecutionFinished) and event.status == "success":
+            self._finish_running()
+        elif isinstance(event, ev.NodeProgress):
+            self._node_state(event.node_id, "running", event.value, event.max)
+        elif isinstance(event, ev.NodeExecuted):
+            previous = self.node_states.get(event.node_id, {})
+            self._node_state(event.node_id, "finished", previous.get("max", 1), previous.get("max", 1))
+        elif isinstance(event, ev.ExecutionFailed) and event.node_id:
+            self._node_state(event.node_id, "error", 0, 1)
+
+    def _report(self, event: Any) -> None:
         pid = self.prompt_id
         if isinstance(event, ev.ExecutionStarted):
             self._send("execution_start", {"prompt_id": pid, "timestamp": _now_ms()}, record=True)

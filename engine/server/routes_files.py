@@ -6,17 +6,22 @@ decode as a real image within the size limits; the stored name is sanitised.
 
 from __future__ import annotations
 
+import asyncio
 import io
-import json
 import os
 import tempfile
+import threading
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from aiohttp import BodyPartReader, web
+from aiohttp import BodyPartReader, MultipartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from engine.folders import IMAGE_EXTENSIONS, Folders
 from engine.server.config import ServerConfig
+from engine.server.keys import CONFIG_KEY, RUNTIME_KEY
+from engine.server.limits import loads_json
 from engine.server.security import BadRequest, check_relative, confine, sanitize_filename
 
 FILE_TYPES = ("output", "input", "temp")
@@ -32,6 +37,11 @@ ACCEPTED_FORMATS = {
     "TIFF": ".tiff",
 }
 _MAX_FIELD_BYTES = 64 * 1024
+_NAMING_LOCK = threading.Lock()
+# What aiohttp's multipart reader raises on a malformed body (ValueError covers its "Reading after EOF",
+# "boundary missed", bad charsets and decoding; HttpProcessingError its header parser; AssertionError
+# and LookupError its internal checks).
+MULTIPART_ERRORS = (ValueError, LookupError, AssertionError, HttpProcessingError)
 
 
 def split_annotation(name: str) -> tuple[str, str | None]:
@@ -76,8 +86,8 @@ def _disposition(name: str) -> str:
 _VIEW_HEADERS = {"X-Content-Type-Options": "nosniff", "Content-Security-Policy": "sandbox"}
 
 
-def view(request: web.Request, folders: Folders) -> web.StreamResponse:
-    query = request.query
+def view_file(query: Mapping[str, str], folders: Folders) -> web.StreamResponse:
+    """The answer to GET /view (conversions decode images: run off the event loop)."""
     if "filename" not in query:
         raise BadRequest(400, "the 'filename' parameter is required", "invalid_request")
     path, _ = resolve_file(
@@ -129,18 +139,33 @@ def view(request: web.Request, folders: Folders) -> web.StreamResponse:
 
 async def read_upload(request: web.Request, config: ServerConfig) -> tuple[dict[str, str], str, bytes]:
     """(form fields, file name, file bytes) of a multipart upload, enforcing the size limit while
-    streaming (the body is never read past the limit)."""
+    streaming (the body is never read past the limit). A body that does not parse as multipart (no
+    boundary, cut before the closing boundary, a header line without a colon, a NUL in a header...)
+    is the client's error: 400 with what the parser said."""
     limit = config.max_upload_bytes
     if request.content_length is not None and request.content_length > limit + _MAX_FIELD_BYTES:
         raise BadRequest(413, _too_large(limit), "upload_too_large")
     if not request.content_type.startswith("multipart/"):
         raise BadRequest(400, "uploads are multipart/form-data with an 'image' file field", "invalid_request")
+    try:
+        fields, filename, data = await _read_parts(await request.multipart(), limit)
+    except BadRequest:
+        raise
+    except MULTIPART_ERRORS as exc:
+        raise BadRequest(
+            400, f"malformed multipart body ({type(exc).__name__}: {exc})", "invalid_multipart"
+        ) from None
+    if filename is None:
+        raise BadRequest(400, "the upload has no 'image' file field", "invalid_request")
+    return fields, filename, data
+
+
+async def _read_parts(reader: MultipartReader, limit: int) -> tuple[dict[str, str], str | None, bytes]:
     fields: dict[str, str] = {}
     filename, data = None, b""
-    reader = await request.multipart()
     async for part in reader:
         if not isinstance(part, BodyPartReader):
-            continue
+            raise BadRequest(400, "nested multipart bodies are not accepted", "invalid_multipart")
         if part.name == "image" and part.filename is not None:
             chunks, size = [], 0
             while chunk := await part.read_chunk(256 * 1024):
@@ -150,12 +175,12 @@ async def read_upload(request: web.Request, config: ServerConfig) -> tuple[dict[
                 chunks.append(chunk)
             filename, data = part.filename, b"".join(chunks)
         else:
-            raw = await part.read()
-            if len(raw) > _MAX_FIELD_BYTES:
-                raise BadRequest(413, f"form field {part.name!r} is too long", "upload_too_large")
+            raw = b""
+            while chunk := await part.read_chunk(_MAX_FIELD_BYTES):
+                raw += chunk
+                if len(raw) > _MAX_FIELD_BYTES:
+                    raise BadRequest(413, f"form field {part.name!r} is too long", "upload_too_large")
             fields[part.name or ""] = raw.decode("utf-8", errors="replace")
-    if filename is None:
-        raise BadRequest(400, "the upload has no 'image' file field", "invalid_request")
     return fields, filename, data
 
 
@@ -170,6 +195,7 @@ def check_image(data: bytes) -> tuple[str, tuple[int, int]]:
     if not data:
         raise BadRequest(400, "the uploaded file is empty", "not_an_image")
     try:
+        # Pillow refuses images over twice its pixel limit inside open(): a bomb, not a non-image.
         with Image.open(io.BytesIO(data)) as probe:
             kind, size = probe.format or "", probe.size
             if size[0] * size[1] > MAX_IMAGE_PIXELS:
@@ -181,6 +207,8 @@ def check_image(data: bytes) -> tuple[str, tuple[int, int]]:
             full.load()  # verify() does not decode pixel data; truncated files fail here
     except BadRequest:
         raise
+    except Image.DecompressionBombError as exc:
+        raise BadRequest(413, f"image is too large to decode ({exc})", "image_too_large") from None
     except Exception as exc:
         raise BadRequest(
             415, f"the uploaded file is not a readable image ({type(exc).__name__}: {exc})", "not_an_image"
@@ -240,10 +268,10 @@ def merge_mask(folders: Folders, original_ref_text: str | None, mask_bytes: byte
             400, 'a mask upload needs \'original_ref\' ({"filename", "subfolder", "type"})', "invalid_request"
         )
     try:
-        ref = json.loads(original_ref_text)
+        ref = loads_json(original_ref_text)
         if not isinstance(ref, dict) or not isinstance(ref.get("filename"), str):
             raise ValueError("no filename")
-    except ValueError as exc:
+    except ValueError as exc:  # JsonBodyError included
         raise BadRequest(
             400, f"original_ref is not a JSON object with a filename ({exc})", "invalid_request"
         ) from None
@@ -267,11 +295,39 @@ def merge_mask(folders: Folders, original_ref_text: str | None, mask_bytes: byte
     return buffer.getvalue()
 
 
-async def upload(request: web.Request, folders: Folders, config: ServerConfig, *, mask: bool) -> web.Response:
-    fields, filename, data = await read_upload(request, config)
+def _store_image(
+    folders: Folders, fields: dict[str, str], filename: str, data: bytes, mask: bool
+) -> dict[str, Any]:
+    """Check, (for a mask) merge and write an upload: CPU and disk work, run off the event loop."""
     kind, _ = check_image(data)
     name = _target_name(filename, kind)
     if mask:
         data = merge_mask(folders, fields.get("original_ref"), data)
         name = Path(name).stem + ".png"
-    return web.json_response(store_upload(folders, fields, name, data))
+    with _NAMING_LOCK:  # two uploads of one name must not both pick the same free name
+        return store_upload(folders, fields, name, data)
+
+
+async def _upload(request: web.Request, *, mask: bool) -> web.Response:
+    fields, filename, data = await read_upload(request, request.app[CONFIG_KEY])
+    folders = request.app[RUNTIME_KEY].folders
+    return web.json_response(await asyncio.to_thread(_store_image, folders, fields, filename, data, mask))
+
+
+async def upload_image(request: web.Request) -> web.Response:
+    return await _upload(request, mask=False)
+
+
+async def upload_mask(request: web.Request) -> web.Response:
+    return await _upload(request, mask=True)
+
+
+async def view(request: web.Request) -> web.StreamResponse:
+    return await asyncio.to_thread(view_file, request.query, request.app[RUNTIME_KEY].folders)
+
+
+ROUTES = [
+    web.get("/view", view),
+    web.post("/upload/image", upload_image),
+    web.post("/upload/mask", upload_mask),
+]

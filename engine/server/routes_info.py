@@ -12,6 +12,8 @@ from urllib.parse import quote
 from aiohttp import web
 
 from engine.runtime import DEVICE, MODEL_MANAGER, Runtime
+from engine.server.config import default_web_root
+from engine.server.keys import CONFIG_KEY, RUNTIME_KEY
 from engine.server.security import BadRequest, check_relative, confine
 
 # A documented, diffgraph-specific route (not ComfyUI's): every pack with its nodes and import errors.
@@ -35,7 +37,7 @@ def diffgraph_version() -> str:
 def system_stats_body(runtime: Runtime) -> dict[str, object]:
     device = runtime.services.get(DEVICE)
     if device is not None:
-        from engine.memory.stats import system_stats
+        from engine.server.system_stats import system_stats
 
         body = system_stats(device, runtime.services.get(MODEL_MANAGER))
     else:  # a runtime without models (tests, `nodes`): no torch to ask
@@ -78,96 +80,124 @@ def serve_static(root: Path, relative: str) -> web.StreamResponse:
     return web.FileResponse(path, headers=headers)
 
 
-def add_info_routes(routes: web.RouteTableDef, runtime: Runtime) -> None:
-    folders = runtime.folders
-
-    @routes.get("/object_info")
-    async def object_info(_: web.Request) -> web.Response:
-        return web.json_response(runtime.registry.object_info())
-
-    @routes.get("/object_info/{node}")
-    async def object_info_node(request: web.Request) -> web.Response:
-        name = request.match_info["node"]
-        if name not in runtime.registry:
-            return web.json_response({})
-        return web.json_response({name: runtime.registry.node_info(name)})
-
-    @routes.get("/system_stats")
-    async def system_stats(_: web.Request) -> web.Response:
-        return web.json_response(system_stats_body(runtime))
-
-    @routes.get("/embeddings")
-    async def embeddings(_: web.Request) -> web.Response:
-        return web.json_response(
-            [Path(name).with_suffix("").as_posix() for name in folders.list_files("embeddings")]
-        )
-
-    @routes.get("/models")
-    async def model_kinds(_: web.Request) -> web.Response:
-        return web.json_response(sorted(folders.models))
-
-    @routes.get("/models/{folder}")
-    async def model_files(request: web.Request) -> web.Response:
-        kind = request.match_info["folder"]
-        if kind not in folders.models:
-            raise BadRequest(404, f"unknown model folder {kind!r}; GET /models lists them", "not_found")
-        return web.json_response(folders.list_files(kind))
-
-    @routes.get("/extensions")
-    async def extensions(_: web.Request) -> web.Response:
-        urls = []
-        for pack in runtime.plugins.packs:
-            if pack.loaded and pack.web_directory and Path(pack.web_directory).is_dir():
-                urls += [
-                    f"/extensions/{quote(pack.name)}/{quote(f)}" for f in web_files(Path(pack.web_directory))
-                ]
-        return web.json_response(urls)
-
-    @routes.get("/workflows")
-    async def example_workflows(_: web.Request) -> web.Response:
-        """Names of the example workflows (UI format; their `.api.json` twins are for scripts)."""
-        root = folders.workflows
-        names = (
-            []
-            if root is None or not root.is_dir()
-            else sorted(p.name for p in root.glob("*.json") if not p.name.endswith(".api.json"))
-        )
-        return web.json_response(names)
-
-    @routes.get("/workflows/{name}")
-    async def example_workflow(request: web.Request) -> web.StreamResponse:
-        root = folders.workflows
-        name = request.match_info["name"]
-        if root is None or not name.endswith(".json"):
-            raise BadRequest(404, f"no example workflow {name!r}", "not_found")
-        return serve_static(root, name)
-
-    @routes.get(PLUGINS_ROUTE)
-    async def plugins(_: web.Request) -> web.Response:
-        return web.json_response({"packs": [pack.to_json() for pack in runtime.plugins.packs]})
+async def object_info(request: web.Request) -> web.Response:
+    return web.json_response(request.app[RUNTIME_KEY].registry.object_info())
 
 
-def add_static_routes(app: web.Application, runtime: Runtime, web_root: Path) -> None:
-    """Plugins' WEB_DIRECTORY files under /extensions/<pack>/..., the canvas under / (registered last so
-    API routes win)."""
-    web_dirs = {
+async def object_info_node(request: web.Request) -> web.Response:
+    registry = request.app[RUNTIME_KEY].registry
+    name = request.match_info["node"]
+    if name not in registry:
+        return web.json_response({})
+    return web.json_response({name: registry.node_info(name)})
+
+
+async def system_stats(request: web.Request) -> web.Response:
+    return web.json_response(system_stats_body(request.app[RUNTIME_KEY]))
+
+
+async def embeddings(request: web.Request) -> web.Response:
+    folders = request.app[RUNTIME_KEY].folders
+    return web.json_response(
+        [Path(name).with_suffix("").as_posix() for name in folders.list_files("embeddings")]
+    )
+
+
+async def model_kinds(request: web.Request) -> web.Response:
+    return web.json_response(sorted(request.app[RUNTIME_KEY].folders.models))
+
+
+async def model_files(request: web.Request) -> web.Response:
+    folders = request.app[RUNTIME_KEY].folders
+    kind = request.match_info["folder"]
+    if kind not in folders.models:
+        raise BadRequest(404, f"unknown model folder {kind!r}; GET /models lists them", "not_found")
+    return web.json_response(folders.list_files(kind))
+
+
+def _web_directories(runtime: Runtime) -> dict[str, Path]:
+    """Loaded packs' WEB_DIRECTORY folders by pack name."""
+    return {
         pack.name: Path(pack.web_directory)
         for pack in runtime.plugins.packs
         if pack.loaded and pack.web_directory
     }
 
-    async def extension_file(request: web.Request) -> web.StreamResponse:
-        directory = web_dirs.get(request.match_info["pack"])
-        if directory is None or not directory.is_dir():
-            raise BadRequest(404, f"no web files for pack {request.match_info['pack']!r}", "not_found")
-        return serve_static(directory, request.match_info["path"])
 
-    async def canvas(request: web.Request) -> web.StreamResponse:
-        relative = request.match_info.get("path", "")
-        if relative in ("", "index.html") and not (web_root / "index.html").is_file():
-            return web.Response(text=_NOT_INSTALLED, content_type="text/html")
-        return serve_static(web_root, relative)
+def _web_root(request: web.Request) -> Path:
+    return request.app[CONFIG_KEY].web_root or default_web_root()
 
-    app.router.add_get("/extensions/{pack}/{path:.+}", extension_file)
-    app.router.add_get("/", canvas)
-    app.router.add_get("/{path:.+}", canvas)
+
+async def extensions(request: web.Request) -> web.Response:
+    # The UI's own extensions first (the official frontend ships some under extensions/), as ComfyUI lists them.
+    own = _web_root(request) / "extensions"
+    urls = [f"/extensions/{quote(f)}" for f in web_files(own)] if own.is_dir() else []
+    for name, directory in _web_directories(request.app[RUNTIME_KEY]).items():
+        if directory.is_dir():
+            urls += [f"/extensions/{quote(name)}/{quote(f)}" for f in web_files(directory)]
+    return web.json_response(urls)
+
+
+async def example_workflows(request: web.Request) -> web.Response:
+    """Names of the example workflows (UI format; their `.api.json` twins are for scripts)."""
+    root = request.app[RUNTIME_KEY].folders.workflows
+    names = (
+        []
+        if root is None or not root.is_dir()
+        else sorted(p.name for p in root.glob("*.json") if not p.name.endswith(".api.json"))
+    )
+    return web.json_response(names)
+
+
+async def example_workflow(request: web.Request) -> web.StreamResponse:
+    root = request.app[RUNTIME_KEY].folders.workflows
+    name = request.match_info["name"]
+    if root is None or not name.endswith(".json"):
+        raise BadRequest(404, f"no example workflow {name!r}", "not_found")
+    return serve_static(root, name)
+
+
+async def plugins(request: web.Request) -> web.Response:
+    return web.json_response({"packs": [pack.to_json() for pack in request.app[RUNTIME_KEY].plugins.packs]})
+
+
+async def extension_file(request: web.Request) -> web.StreamResponse:
+    """A plugin's WEB_DIRECTORY file under /extensions/<pack>/..."""
+    pack, path = request.match_info["pack"], request.match_info["path"]
+    directory = _web_directories(request.app[RUNTIME_KEY]).get(pack)
+    if directory is None or not directory.is_dir():
+        own = _web_root(request) / "extensions"
+        if (own / pack).is_dir():  # the UI's own extensions (a pack of the same name wins, as in ComfyUI)
+            return serve_static(own, f"{pack}/{path}")
+        raise BadRequest(404, f"no web files for pack {pack!r}", "not_found")
+    return serve_static(directory, path)
+
+
+async def canvas(request: web.Request) -> web.StreamResponse:
+    """The web canvas under / (registered after the API routes, so they win)."""
+    web_root = _web_root(request)
+    relative = request.match_info.get("path", "")
+    if relative in ("", "index.html") and not (web_root / "index.html").is_file():
+        return web.Response(text=_NOT_INSTALLED, content_type="text/html")
+    return serve_static(web_root, relative)
+
+
+ROUTES = [
+    web.get("/object_info", object_info),
+    web.get("/object_info/{node}", object_info_node),
+    web.get("/system_stats", system_stats),
+    web.get("/embeddings", embeddings),
+    web.get("/models", model_kinds),
+    web.get("/models/{folder}", model_files),
+    web.get("/extensions", extensions),
+    web.get("/workflows", example_workflows),
+    web.get("/workflows/{name}", example_workflow),
+    web.get(PLUGINS_ROUTE, plugins),
+]
+
+# Not under /api: plugin web files and the canvas (the catch-all last).
+STATIC_ROUTES = [
+    web.get("/extensions/{pack}/{path:.+}", extension_file),
+    web.get("/", canvas),
+    web.get("/{path:.+}", canvas),
+]

@@ -15,8 +15,8 @@ Threats and the answer to each (docs/server.md has the user-facing version):
 
 from __future__ import annotations
 
+import asyncio
 import hmac
-import json
 import logging
 import re
 import secrets
@@ -29,6 +29,7 @@ from urllib.parse import unquote, urlsplit
 from aiohttp import web
 
 from engine.server.config import ServerConfig, is_loopback_address
+from engine.server.limits import JsonBodyError, cut_text, loads_json
 
 log = logging.getLogger("diffgraph.server.security")
 
@@ -37,6 +38,7 @@ STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 # Content types a browser page may send cross-site without a CORS pre-flight (Fetch standard).
 SIMPLE_CONTENT_TYPES = frozenset({"application/x-www-form-urlencoded", "multipart/form-data", "text/plain"})
 _ENCODED_SEPARATOR = re.compile(r"%(2f|5c|2e|00)", re.IGNORECASE)
+_PARSE_ON_LOOP_BYTES = 256 * 1024  # larger JSON bodies are parsed on a worker thread
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -46,8 +48,9 @@ def generate_token() -> str:
 
 
 def error_response(status: int, message: str, kind: str = "request_refused") -> web.Response:
-    """Every refusal says what was wrong; JSON so API clients can show it."""
-    return web.json_response({"error": {"type": kind, "message": message}}, status=status)
+    """Every refusal says what was wrong; JSON so API clients can show it (cut: messages may quote
+    what the client sent)."""
+    return web.json_response({"error": {"type": kind, "message": cut_text(message)}}, status=status)
 
 
 # -- request checks -------------------------------------------------------------------------------
@@ -181,23 +184,39 @@ class BadRequest(Exception):
         return error_response(self.status, str(self), self.kind)
 
 
+# A header outside the CORS safelist: a page on another site cannot send it without a pre-flight (which
+# this server refuses), so a request carrying it is not a silent cross-site form post. ComfyUI's official
+# frontend sends it on every API call — with `text/plain` bodies (fetch's default for a string).
+PREFLIGHTED_HEADER = "Comfy-User"
+
+
+def refuse_simple_browser_body(request: web.Request, expected: str) -> None:
+    """415 for a body with a content type a cross-site page can send without a pre-flight, when the
+    request comes from a browser and carries no header that would have needed one."""
+    content_type = request.content_type.lower() if request.headers.get("Content-Type") else ""
+    if (
+        content_type in SIMPLE_CONTENT_TYPES
+        and looks_like_browser(request)
+        and PREFLIGHTED_HEADER not in request.headers
+    ):
+        raise BadRequest(415, f"this route takes {expected}, not {content_type}", "unsupported_media_type")
+
+
 async def read_json(request: web.Request, *, allow_empty: bool = False) -> Any:
     """The JSON body of a JSON route. A browser sending a form/text content type is refused: that is the
     shape of a cross-site form post. Scripts (no browser headers) may omit or mislabel the type, as
     ComfyUI's own urllib example does."""
-    content_type = request.content_type.lower() if request.headers.get("Content-Type") else ""
-    if content_type in SIMPLE_CONTENT_TYPES and looks_like_browser(request):
-        raise BadRequest(
-            415, f"this route takes application/json, not {content_type}", "unsupported_media_type"
-        )
+    refuse_simple_browser_body(request, "application/json")
     raw = await request.read()
     if not raw.strip():
         if allow_empty:
             return {}
         raise BadRequest(400, "the request body is empty; expected a JSON object", "invalid_json")
     try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
+        if len(raw) < _PARSE_ON_LOOP_BYTES:
+            return loads_json(raw)
+        return await asyncio.to_thread(loads_json, raw)  # a large body must not stall the event loop
+    except JsonBodyError as exc:
         raise BadRequest(400, f"the request body is not valid JSON: {exc}", "invalid_json") from None
 
 
@@ -242,6 +261,9 @@ def sanitize_filename(name: str) -> str:
     """An upload's file name reduced to a plain base name: no directories, no control or shell-special
     characters, no leading dots, at most 200 characters."""
     # Some clients percent-encode the multipart file name; decode first so "..%2Fx" loses its directory.
+    if "\x00" in name or "\x00" in unquote(name):
+        # a NUL truncates names in C APIs ("a.png\0.exe"): refused rather than silently repaired
+        raise BadRequest(400, "upload file name contains a NUL character", "invalid_filename")
     base = unquote(name).replace("\\", "/").split("/")[-1]
     base = unicodedata.normalize("NFC", base)
     base = "".join(ch for ch in base if unicodedata.category(ch)[0] != "C")

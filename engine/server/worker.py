@@ -12,6 +12,8 @@ import logging
 import threading
 import time
 import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from engine.errors import WorkflowFormatError, WorkflowValidationError
@@ -24,6 +26,8 @@ from engine.server.protocol import ClientHub, PromptReporter
 from engine.server.store import PromptStore, QueuedPrompt
 
 log = logging.getLogger("diffgraph.server.queue")
+# Pauses before the worker tries a failed store write again.
+WRITE_RETRY_PAUSES_S = (0.05, 0.5, 2.0)
 
 
 def _now_ms() -> int:
@@ -49,6 +53,18 @@ def history_entry(
             for node_id in outputs
         },
     }
+
+
+@dataclass
+class Submission:
+    """What a POST /prompt asks for, checked (the workflow itself is validated separately)."""
+
+    prompt: dict[str, Any]
+    extra_data: dict[str, Any]
+    prompt_id: str
+    number: float | None = None  # None: the next number (negated with `front`, like ComfyUI)
+    front: bool = False
+    targets: list[str] | None = None
 
 
 class PromptQueue:
@@ -132,25 +148,31 @@ class PromptQueue:
             self.interrupt.set()
             thread.join(30)
 
-    # -- queue operations (event loop thread) ------------------------------------------------------
+    # -- queue operations (any thread; the store's writes run on the store thread) -------------------
+    # Each operation that writes the store runs whole on the store thread (`store.run`), so store writes
+    # and in-memory changes happen in one order, and no thread ever waits for the store while holding
+    # `_cond` (the store thread itself runs the SQL directly).
 
-    def submit(
-        self,
-        validated: ValidatedWorkflow,
-        prompt: dict[str, Any],
-        extra_data: dict[str, Any],
-        *,
-        prompt_id: str,
-        number: float | None = None,
-        front: bool = False,
-    ) -> float:
+    def submit(self, validated: ValidatedWorkflow, sub: Submission) -> float:
+        """Queue a validated prompt: persisted first, then visible to the worker. DuplicatePromptId when
+        the id is queued, running or in the history; a failed store write queues nothing."""
+        return self.store.run(self._submit, validated, sub)
+
+    def _submit(self, validated: ValidatedWorkflow, sub: Submission) -> float:
+        prompt_id, number = sub.prompt_id, sub.number
+        if self._knows(prompt_id):
+            raise DuplicatePromptId(f"prompt_id {prompt_id!r} is already queued or in the history")
+        # `counter` and `_seq` change only here, on the store thread, so no other submission interleaves;
+        # the write happens outside `_cond`, which the event loop takes too (it must not wait on the disk).
+        counter = self.counter
+        if number is None:
+            number = -counter if sub.front else counter
+            counter += 1
+        item = QueuedPrompt(number, prompt_id, sub.prompt, sub.extra_data, list(validated.targets), self._seq)
+        self.store.add(item, counter)  # raises on failure: nothing changed in memory
         with self._cond:
-            if number is None:
-                number = -self.counter if front else self.counter
-                self.counter += 1
-            item = QueuedPrompt(number, prompt_id, prompt, extra_data, list(validated.targets), self._seq)
+            self.counter = counter
             self._seq += 1
-            self.store.add(item, self.counter)
             self._push(item, validated)
             self._cond.notify_all()
         self.post_status()
@@ -163,7 +185,7 @@ class PromptQueue:
         heapq.heappush(self._heap, (item.sort_key, item))
         self._validated[item.prompt_id] = validated
 
-    def knows(self, prompt_id: str) -> bool:
+    def _knows(self, prompt_id: str) -> bool:
         with self._cond:
             queued = prompt_id in self._validated or (
                 self._running is not None and self._running.prompt_id == prompt_id
@@ -197,23 +219,30 @@ class PromptQueue:
 
     def delete(self, prompt_ids: list[str]) -> int:
         """Remove pending prompts (a running one is not touched: use /interrupt)."""
-        wanted = set(prompt_ids)
-        with self._cond:
-            kept = [(k, item) for k, item in self._heap if item.prompt_id not in wanted]
-            removed = [item.prompt_id for _, item in self._heap if item.prompt_id in wanted]
-            self._heap = kept
-            heapq.heapify(self._heap)
-            for prompt_id in removed:
-                self._validated.pop(prompt_id, None)
-            self.store.remove(removed)
-        if removed:
-            self.post_status()
-        return len(removed)
+        return self.store.run(self._delete, set(prompt_ids))
 
     def clear(self) -> int:
-        with self._cond:
-            ids = [item.prompt_id for _, item in self._heap]
-        return self.delete(ids)
+        return self.store.run(self._delete, None)
+
+    def _delete(self, wanted: set[str] | None) -> int:
+        with self._cond:  # out of the heap first, so the worker cannot start them meanwhile
+            removed = [item for _, item in self._heap if wanted is None or item.prompt_id in wanted]
+            ids = {item.prompt_id for item in removed}
+            self._heap = [(k, item) for k, item in self._heap if item.prompt_id not in ids]
+            heapq.heapify(self._heap)
+            validated = {item.prompt_id: self._validated.pop(item.prompt_id) for item in removed}
+        if not removed:
+            return 0
+        try:
+            self.store.remove(sorted(ids))  # outside `_cond`, see _submit
+        except BaseException:
+            with self._cond:  # not deleted after all: back in the queue as they were
+                for item in removed:
+                    self._push(item, validated[item.prompt_id])
+                self._cond.notify_all()
+            raise
+        self.post_status()
+        return len(removed)
 
     def interrupt_running(self, prompt_id: str | None = None) -> bool:
         """Interrupt the running prompt (only if it is `prompt_id`, when given)."""
@@ -276,27 +305,16 @@ class PromptQueue:
     def _run(self, item: QueuedPrompt, validated: ValidatedWorkflow) -> None:
         reporter = self._reporter
         assert reporter is not None
-        self.store.mark_running(item.prompt_id)
         started = time.perf_counter()
-        log.info("prompt started", extra={"prompt_id": item.prompt_id})
-        try:
-            result = self.runtime.executor.execute(
-                validated,
-                prompt_id=item.prompt_id,
-                sink=reporter,
-                interrupt=self.interrupt,
-                extra_data=item.extra_data,
-            )
-            status, outputs = result.status, result.ui_outputs
-        except Exception as exc:  # an executor failure (not a node's): record it, keep serving
-            log.exception("executor failed", extra={"prompt_id": item.prompt_id})
-            reporter(_executor_failure(item.prompt_id, exc))
+        # Marked running before it runs, so a crash mid-run is never followed by a second run after the
+        # restart; a prompt that cannot be marked is not run at all.
+        if self._persist("mark the prompt running", item.prompt_id, self.store.mark_running, item.prompt_id):
+            status, outputs = self._execute(item, validated, reporter)
+        else:
+            reporter(_executor_failure(item.prompt_id, RuntimeError("the queue file could not be written")))
             status, outputs = "error", {}
         entry = history_entry(item, status, reporter.messages, outputs)
-        try:
-            self.store.finish(item.prompt_id, entry)
-        except Exception:
-            log.exception("could not write the history entry", extra={"prompt_id": item.prompt_id})
+        self._persist("write the history entry", item.prompt_id, self.store.finish, item.prompt_id, entry)
         with self._cond:
             self._running = None
             self._reporter = None
@@ -311,6 +329,40 @@ class PromptQueue:
                 "seconds": round(time.perf_counter() - started, 3),
             },
         )
+
+    def _execute(
+        self, item: QueuedPrompt, validated: ValidatedWorkflow, reporter: PromptReporter
+    ) -> tuple[str, dict[str, Any]]:
+        log.info("prompt started", extra={"prompt_id": item.prompt_id})
+        try:
+            result = self.runtime.executor.execute(
+                validated,
+                prompt_id=item.prompt_id,
+                sink=reporter,
+                interrupt=self.interrupt,
+                extra_data=item.extra_data,
+            )
+            return result.status, result.ui_outputs
+        except Exception as exc:  # an executor failure (not a node's): record it, keep serving
+            log.exception("executor failed", extra={"prompt_id": item.prompt_id})
+            reporter(_executor_failure(item.prompt_id, exc))
+            return "error", {}
+
+    def _persist(self, what: str, prompt_id: str, write: Callable[..., None], *args: Any) -> bool:
+        """A store write from the worker, tried again after a pause when it fails (a busy or briefly
+        failing disk must not lose a finished prompt's history). Each try is its own transaction."""
+        for attempt, pause in enumerate((0.0, *WRITE_RETRY_PAUSES_S)):
+            time.sleep(pause)
+            try:
+                write(*args)
+                return True
+            except Exception:
+                log.exception(f"could not {what}", extra={"prompt_id": prompt_id, "attempt": attempt + 1})
+        return False
+
+
+class DuplicatePromptId(ValueError):
+    """A prompt_id that is already queued, running or in the history."""
 
 
 def _executor_failure(prompt_id: str, exc: BaseException) -> Any:

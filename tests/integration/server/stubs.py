@@ -144,3 +144,42 @@ async def wait_history(client: TestClient, prompt_id: str, timeout: float = 10) 
             return body[prompt_id]
         await asyncio.sleep(0.02)
     raise AssertionError(f"prompt {prompt_id} never reached the history")
+
+
+class ServerThread:
+    """The real app served on a loopback port by a background thread, for plain blocking clients (raw
+    bodies through http.client). `stop()` shuts it down gracefully."""
+
+    def __init__(self, runtime: Runtime, config: ServerConfig | None = None):
+        import threading
+
+        from aiohttp import web
+
+        self.app = create_app(runtime, config)
+        self.loop = asyncio.new_event_loop()
+        self.runner = web.AppRunner(self.app, access_log=None)
+        self.loop.run_until_complete(self.runner.setup())
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        self.loop.run_until_complete(site.start())
+        self.port = self.runner.addresses[0][1]
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def request(
+        self, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None
+    ) -> tuple[int, bytes]:
+        import http.client
+
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        try:
+            connection.request(method, path, body=body, headers=headers or {})
+            response = connection.getresponse()
+            return response.status, response.read()
+        finally:
+            connection.close()
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()

@@ -284,3 +284,38 @@ def test_access_token_beyond_loopback(kit, tmp_path):
             await client.close()
 
     kit.run(scenario)
+
+
+def _noise_png(seed: int) -> bytes:
+    import numpy as np
+
+    pixels = np.random.default_rng(seed).integers(0, 256, (384, 384, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG", compress_level=0)
+    return buffer.getvalue()
+
+
+def test_concurrent_uploads_of_one_name_keep_every_file(kit, tmp_path):
+    """Uploads are checked and written off the event loop, several at once: two uploads of one name must
+    never both pick the same free name (one would overwrite the other)."""
+    import asyncio
+
+    runtime = kit.make_runtime(tmp_path)
+
+    async def scenario() -> None:
+        client = await kit.start_client(runtime)
+        try:
+            # noise images large enough that the duplicate checks (reading earlier files) overlap
+            images = [_noise_png(seed) for seed in range(16)]
+            responses = await asyncio.gather(
+                *(client.post("/upload/image", data=_form(data, "same.png")) for data in images)
+            )
+            names = [(await r.json())["name"] for r in responses]
+            assert all(r.status == 200 for r in responses)
+            assert len(set(names)) == len(images)
+            for name, data in zip(names, images, strict=True):
+                assert (tmp_path / "input" / name).read_bytes() == data
+        finally:
+            await client.close()
+
+    kit.run(scenario)

@@ -98,7 +98,8 @@ def main() -> None:
 
     path = args.cache_dir / FILE_NAME
     if not path.exists():
-        from engine.diffusion.checkpoints.synthetic import write_full_size_sd15
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ is not installed
+        from tests.factories.checkpoints import write_full_size_sd15
 
         print(f"building {path} (one time) ...", flush=True)
         t = time.perf_counter()

@@ -37,7 +37,8 @@ def cache_dir(arg: str | None) -> Path:
 
 
 def ensure_checkpoints(folder: Path) -> dict[str, Path]:
-    from engine.diffusion.checkpoints.synthetic import write_full_size_sd15
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ is not installed
+    from tests.factories.checkpoints import write_full_size_sd15
 
     paths = {}
     for name, seed in (("A", 0), ("B", 1)):

@@ -13,6 +13,7 @@ import argparse
 import copy
 import json
 import resource
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -29,7 +30,8 @@ def peak_rss_mb() -> float:
 
 
 def checkpoint() -> Path:
-    from engine.diffusion.checkpoints.synthetic import write_full_size_sd15
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ is not installed
+    from tests.factories.checkpoints import write_full_size_sd15
 
     path = (
         Path.home() / ".cache" / "diffgraph-bench" / "sd15_random_fp16.safetensors"

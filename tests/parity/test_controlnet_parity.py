@@ -13,16 +13,13 @@ import torch
 from diffusers import ControlNetModel as DiffusersControlNet
 from diffusers.loaders.single_file_utils import convert_controlnet_checkpoint
 
-from engine.diffusion.checkpoints.synthetic import diffusers_unet_config
-from engine.diffusion.models.controlnet import (
-    ControlNetModel,
-    build_controlnet,
-    controlnet_diffusers_to_original,
-)
+from engine.diffusion.checkpoints.control import build_controlnet, controlnet_diffusers_to_original
+from engine.diffusion.models.controlnet import ControlNetModel
 from engine.diffusion.models.sdxl_conditioning import sdxl_adm
 from engine.diffusion.models.unet import UNetConfig
+from tests.factories.checkpoints import diffusers_unet_config
 
-pytestmark = pytest.mark.parity
+pytestmark = [pytest.mark.parity, pytest.mark.slow]
 TOL = 1e-4
 
 

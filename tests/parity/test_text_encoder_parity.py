@@ -18,11 +18,11 @@ import torch
 from diffusers.loaders.single_file_utils import create_diffusers_clip_model_from_ldm  # noqa: E402
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection  # noqa: E402
 
-from engine.diffusion.text.clip_models import build_clip_text_model, build_openclip_text_model  # noqa: E402
+from engine.diffusion.checkpoints.clip_text import build_clip_text_model, build_openclip_text_model  # noqa: E402
 from engine.diffusion.text.encoder import SDTextEncoder  # noqa: E402
 from engine.diffusion.text.tokenizer import load_clip_tokenizer  # noqa: E402
 
-pytestmark = pytest.mark.parity
+pytestmark = [pytest.mark.parity, pytest.mark.slow]
 
 VOCAB, BOS, EOS = 49408, 49406, 49407
 LAYERS = 3

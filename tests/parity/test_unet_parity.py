@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 from engine.diffusion.models.sdxl_conditioning import sdxl_adm
 from engine.diffusion.models.unet import UNetConfig, UNetModel
 
-pytestmark = pytest.mark.parity
+pytestmark = [pytest.mark.parity, pytest.mark.slow]
 
 
 PREFIX = "model.diffusion_model."

@@ -12,9 +12,10 @@ import torch
 from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
 from safetensors.torch import load_file, save_file
 
-from engine.diffusion.models.vae import AutoencoderKL, VAEConfig, vae_config_from_state_dict
+from engine.diffusion.checkpoints.detect_vae import vae_config_from_state_dict
+from engine.diffusion.models.vae import AutoencoderKL, VAEConfig
 
-pytestmark = pytest.mark.parity
+pytestmark = [pytest.mark.parity, pytest.mark.slow]
 
 
 PREFIX = "first_stage_model."

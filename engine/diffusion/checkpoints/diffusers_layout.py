@@ -18,11 +18,7 @@ level (BK-SDM, SSD-1B, Vega) and tiny test models convert too:
   original indices are recomputed by counting in the same order.
 
 Text encoders: CLIP ViT-L is stored in the Hugging Face layout in both worlds (only a prefix
-differs). OpenCLIP ViT-H/bigG single files use the OpenCLIP layout
-(``transformer.resblocks.N.attn.in_proj_weight`` with q, k, v stacked along dim 0,
-``text_projection`` as a (width, proj) matrix applied as ``x @ P``); diffusers stores them as
-``CLIPTextModel(WithProjection)`` with separate q/k/v projections and a ``Linear`` text projection
-whose weight is ``P.T``.
+differs); the OpenCLIP <-> HF conversion of the ViT-H/bigG towers is in ``clip_text.py``.
 """
 
 from __future__ import annotations
@@ -341,98 +337,6 @@ def vae_original_to_diffusers(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
 
 def is_diffusers_vae(keys: Iterable[str]) -> bool:
     return any(".down_blocks." in k or ".mid_block." in k for k in keys)
-
-
-# ---------------------------------------------------------------------------------------------
-# Text encoders
-# ---------------------------------------------------------------------------------------------
-
-# Per-layer renames HF CLIPEncoderLayer -> OpenCLIP ResidualAttentionBlock.
-_OPENCLIP_LAYER = {
-    "layer_norm1": "ln_1",
-    "layer_norm2": "ln_2",
-    "mlp.fc1": "mlp.c_fc",
-    "mlp.fc2": "mlp.c_proj",
-    "self_attn.out_proj": "attn.out_proj",
-}
-_OPENCLIP_LAYER_INV = {v: k for k, v in _OPENCLIP_LAYER.items()}
-# Entries of an OpenCLIP text tower that exist in checkpoints but have no HF counterpart.
-OPENCLIP_IGNORED = ("logit_scale", "attn_mask")
-
-
-def hf_clip_to_openclip(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """HF ``CLIPTextModel``/``CLIPTextModelWithProjection`` keys -> OpenCLIP text-tower keys.
-
-    q, k and v projections are stacked (in that order) into ``attn.in_proj_weight``/``_bias``,
-    as ``torch.nn.MultiheadAttention`` stores them; the projection ``Linear`` weight is transposed
-    into OpenCLIP's ``text_projection`` matrix.
-    """
-    out: dict[str, Tensor] = {}
-    qkv: dict[tuple[int, str], dict[str, Tensor]] = {}
-    rx = re.compile(r"text_model\.encoder\.layers\.(\d+)\.(.+)\.(weight|bias)$")
-    for key, v in sd.items():
-        if key == "text_model.embeddings.token_embedding.weight":
-            out["token_embedding.weight"] = v
-        elif key == "text_model.embeddings.position_embedding.weight":
-            out["positional_embedding"] = v
-        elif key.startswith("text_model.final_layer_norm."):
-            out["ln_final." + key.rsplit(".", 1)[1]] = v
-        elif key == "text_projection.weight":
-            out["text_projection"] = v.t().contiguous()
-        elif key == "text_model.embeddings.position_ids":
-            continue  # a buffer (arange), not a weight
-        elif m := rx.match(key):
-            i, module, param = int(m.group(1)), m.group(2), m.group(3)
-            if module in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"):
-                qkv.setdefault((i, param), {})[module[10]] = v
-            elif module in _OPENCLIP_LAYER:
-                out[f"transformer.resblocks.{i}.{_OPENCLIP_LAYER[module]}.{param}"] = v
-            else:
-                raise ValueError(f"HF CLIP text model: unexpected key {key!r}")
-        else:
-            raise ValueError(f"HF CLIP text model: unexpected key {key!r}")
-    for (i, param), parts in qkv.items():
-        if set(parts) != {"q", "k", "v"}:
-            raise ValueError(f"HF CLIP text model: layer {i} lacks some of q/k/v_proj.{param}")
-        out[f"transformer.resblocks.{i}.attn.in_proj_{param}"] = torch.cat(
-            [parts["q"], parts["k"], parts["v"]], 0
-        )
-    return out
-
-
-def openclip_to_hf_clip(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """OpenCLIP text-tower keys -> HF ``CLIPTextModelWithProjection`` keys (inverse of the above)."""
-    out: dict[str, Tensor] = {}
-    rx = re.compile(r"transformer\.resblocks\.(\d+)\.(.+)\.(weight|bias)$")
-    for key, v in sd.items():
-        if key == "token_embedding.weight":
-            out["text_model.embeddings.token_embedding.weight"] = v
-        elif key == "positional_embedding":
-            out["text_model.embeddings.position_embedding.weight"] = v
-        elif key.startswith("ln_final."):
-            out["text_model.final_layer_norm." + key.rsplit(".", 1)[1]] = v
-        elif key == "text_projection":
-            out["text_projection.weight"] = v.t().contiguous()
-        elif key in OPENCLIP_IGNORED:
-            continue
-        elif key.startswith("transformer.resblocks.") and key.endswith(
-            (".attn.in_proj_weight", ".attn.in_proj_bias")
-        ):
-            i = int(key.split(".")[2])
-            param = "weight" if key.endswith("weight") else "bias"
-            q, k, vv = v.chunk(3, dim=0)
-            base = f"text_model.encoder.layers.{i}.self_attn"
-            out[f"{base}.q_proj.{param}"] = q.contiguous()
-            out[f"{base}.k_proj.{param}"] = k.contiguous()
-            out[f"{base}.v_proj.{param}"] = vv.contiguous()
-        elif m := rx.match(key):
-            i, module, param = int(m.group(1)), m.group(2), m.group(3)
-            if module not in _OPENCLIP_LAYER_INV:
-                raise ValueError(f"OpenCLIP text model: unexpected key {key!r}")
-            out[f"text_model.encoder.layers.{i}.{_OPENCLIP_LAYER_INV[module]}.{param}"] = v
-        else:
-            raise ValueError(f"OpenCLIP text model: unexpected key {key!r}")
-    return out
 
 
 def add_prefix(sd: Mapping[str, Tensor], prefix: str) -> dict[str, Tensor]:

@@ -203,8 +203,15 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
     return read_safetensors_header(p).metadata
 
 
-def _target_dtype(src: torch.dtype, dtype: torch.dtype | None) -> torch.dtype:
+# The dtype floating-point tensors are read into: one for all, or one per tensor name (a checkpoint's
+# UNet, VAE and text encoder each in the dtype of their role), None = keep the file's.
+DtypeSpec = torch.dtype | Callable[[str], torch.dtype | None] | None
+
+
+def _target_dtype(src: torch.dtype, dtype: DtypeSpec, name: str) -> torch.dtype:
     # Only floating-point weights follow the requested dtype; integer buffers (position ids) keep theirs.
+    if callable(dtype):
+        dtype = dtype(name)
     if dtype is None or not src.is_floating_point:
         return src
     return dtype
@@ -227,7 +234,7 @@ def _read_into(f: Any, t: torch.Tensor) -> None:
 def _iter_safetensors(
     header: SafetensorsHeader,
     names: list[str],
-    dtype: torch.dtype | None,
+    dtype: DtypeSpec,
     device: str | torch.device,
 ) -> Iterator[tuple[str, torch.Tensor]]:
     # Read in file order so the disk sees one sequential pass.
@@ -235,12 +242,12 @@ def _iter_safetensors(
     # One scratch buffer, sized for the largest tensor that needs a cast, is reused for every cast:
     # allocating a temporary per tensor lets the C allocator fragment the heap, which showed up as
     # ~1.5x peak RSS instead of ~1.0x when loading fp16 files into fp32.
-    cast_sizes = [i.nbytes for i in infos if _target_dtype(i.dtype, dtype) != i.dtype]
+    cast_sizes = [i.nbytes for i in infos if _target_dtype(i.dtype, dtype, i.name) != i.dtype]
     scratch = torch.empty(max(cast_sizes, default=0), dtype=torch.uint8)
     with open(header.path, "rb", buffering=0) as f:
         for info in infos:
             f.seek(info.start)
-            target = _target_dtype(info.dtype, dtype)
+            target = _target_dtype(info.dtype, dtype, info.name)
             if target == info.dtype:
                 src = torch.empty(info.shape, dtype=info.dtype)
             else:
@@ -268,7 +275,7 @@ def _byteswap(t: torch.Tensor) -> torch.Tensor:  # pragma: no cover - little-end
 
 def _read_safetensors(
     p: Path,
-    dtype: torch.dtype | None,
+    dtype: DtypeSpec,
     device: str | torch.device,
     keys_filter: Callable[[str], bool] | None,
     mmap: bool,
@@ -279,7 +286,9 @@ def _read_safetensors(
     if mmap and torch.device(device).type == "cpu":
         from safetensors import SafetensorError, safe_open
 
-        lazy = [n for n in names if _target_dtype(header.tensors[n].dtype, dtype) == header.tensors[n].dtype]
+        lazy = [
+            n for n in names if _target_dtype(header.tensors[n].dtype, dtype, n) == header.tensors[n].dtype
+        ]
         try:
             with safe_open(str(p), framework="pt", device="cpu") as sf:
                 for n in lazy:
@@ -310,7 +319,7 @@ def _describe_pickle_refusal(err: Exception) -> str:
 
 def _read_pickle(
     p: Path,
-    dtype: torch.dtype | None,
+    dtype: DtypeSpec,
     device: str | torch.device,
     keys_filter: Callable[[str], bool] | None,
 ) -> dict[str, torch.Tensor]:
@@ -341,7 +350,7 @@ def _read_pickle(
     for k, v in obj.items():
         if not isinstance(v, torch.Tensor) or (keys_filter is not None and not keys_filter(str(k))):
             continue  # training bookkeeping such as "global_step" or "epoch"
-        target = _target_dtype(v.dtype, dtype)
+        target = _target_dtype(v.dtype, dtype, str(k))
         if target != v.dtype:
             v = v.to(target)
         if torch.device(device).type != "cpu":
@@ -353,7 +362,7 @@ def _read_pickle(
 def read_state_dict(
     path: str | os.PathLike[str],
     *,
-    dtype: torch.dtype | None = None,
+    dtype: DtypeSpec = None,
     device: str | torch.device = "cpu",
     keys_filter: Callable[[str], bool] | None = None,
     mmap: bool = False,
@@ -361,7 +370,9 @@ def read_state_dict(
     """Read all (or ``keys_filter``-selected) tensors of a weight file.
 
     Floating-point tensors are converted to ``dtype`` (if given) as each one is read, so the peak
-    memory is the size of the result plus one tensor. Integer tensors keep their dtype.
+    memory is the size of the result plus one tensor. Integer tensors keep their dtype. ``dtype`` may
+    also be a function of the tensor name (None for "keep the file's"), so each tensor is cast once,
+    straight into the dtype its component asks for.
     ``mmap=True`` returns lazily mapped tensors for safetensors entries that need no cast (see the
     module docstring). Raises :class:`CheckpointError` for missing, corrupt, truncated or unsafe
     files and for files without any tensor.
@@ -383,12 +394,3 @@ def read_state_dict(
         what = "matching the filter " if keys_filter is not None else ""
         raise CheckpointError(p, f"the file contains no tensors {what}(empty state dict)")
     return sd
-
-
-def read_keys_and_shapes(path: str | os.PathLike[str]) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
-    """Names, shapes and dtypes of all tensors, reading only the header for safetensors."""
-    p = Path(path)
-    _check_exists(p)
-    if p.suffix.lower() in SAFETENSORS_SUFFIXES:
-        return {k: (i.shape, i.dtype) for k, i in read_safetensors_header(p).tensors.items()}
-    return {k: (tuple(v.shape), v.dtype) for k, v in read_state_dict(p).items()}

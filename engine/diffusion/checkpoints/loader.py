@@ -22,8 +22,18 @@ from typing import Any
 import torch
 from torch import nn
 
+from engine.diffusion.models.unet import UNetModel
+from engine.diffusion.models.vae import AutoencoderKL
+from engine.diffusion.text.encoder import SDTextEncoder, TowerSpec
+
+from . import clip_text as ct
 from . import diffusers_layout as dl
-from .detect import (
+from .detect import detect_checkpoint
+from .detect_text import normalize_legacy_keys
+from .detect_vae import vae_config_for_file
+from .flow_detect import vae16_format
+from .io import CheckpointError, read_metadata, read_state_dict
+from .spec import (
     SD1_CLIP_PREFIX,
     SD2_OPENCLIP_PREFIX,
     SDXL_CLIP_G_PREFIX,
@@ -34,20 +44,20 @@ from .detect import (
     CheckpointSpec,
     ModelFamily,
     TextEncoderSpec,
-    detect_checkpoint,
-    normalize_legacy_keys,
 )
-from .io import CheckpointError, read_metadata, read_state_dict
 
 ALL_COMPONENTS = ("unet", "vae", "text")
+# Per-component dtype ("unet" / "vae" / "text" -> dtype) so each part of a checkpoint is read straight
+# into the dtype of its role (e.g. a bf16 UNet beside an fp32 VAE), one cast per tensor.
+ComponentDtypes = Mapping[str, torch.dtype]
 
 
 @dataclass
 class LoadedCheckpoint:
     spec: CheckpointSpec
-    unet: Any  # engine.diffusion.models.unet.UNetModel | None
-    vae: Any  # engine.diffusion.models.vae.AutoencoderKL | None
-    text_encoder: Any  # engine.diffusion.text.encoder.SDTextEncoder | None
+    unet: Any  # UNetModel | None
+    vae: Any  # AutoencoderKL | None
+    text_encoder: Any  # SDTextEncoder | None
 
     def require_vae(self) -> Any:
         if self.vae is None:
@@ -132,8 +142,6 @@ def assign_weights(
 
 
 def build_unet(config: Any, sd: Mapping[str, torch.Tensor], *, dtype: torch.dtype, path: str) -> nn.Module:
-    from engine.diffusion.models.unet import UNetModel
-
     model = UNetModel(config, dtype=dtype, device="meta")
     return assign_weights(model, sd, dtype=dtype, path=path, what="UNet", prefix=UNET_PREFIX)
 
@@ -141,8 +149,6 @@ def build_unet(config: Any, sd: Mapping[str, torch.Tensor], *, dtype: torch.dtyp
 def build_vae(
     config: Any, sd: Mapping[str, torch.Tensor], *, dtype: torch.dtype, path: str, prefix: str = ""
 ) -> nn.Module:
-    from engine.diffusion.models.vae import AutoencoderKL
-
     model = AutoencoderKL(config, dtype=dtype, device="meta")
     return assign_weights(model, sd, dtype=dtype, path=path, what="VAE", prefix=prefix)
 
@@ -150,14 +156,12 @@ def build_vae(
 def _text_tower(
     sd: Mapping[str, torch.Tensor], enc: TextEncoderSpec, *, dtype: torch.dtype, path: str
 ) -> nn.Module:
-    from engine.diffusion.text import clip_models as cm
-
     body = dl.strip_prefix(sd, enc.prefix)
     try:
         if enc.layout == "hf":
             hf = {"text_model." + k: v for k, v in body.items()}
-            return cm.build_clip_text_model(hf, dtype=dtype)
-        return cm.build_openclip_text_model(body, dtype=dtype)
+            return ct.build_clip_text_model(hf, dtype=dtype)
+        return ct.build_openclip_text_model(body, dtype=dtype)
     except ValueError as e:
         raise CheckpointError(path, f"text encoder {enc.kind} under '{enc.prefix}': {e}") from None
 
@@ -171,8 +175,6 @@ def build_text_encoder(
 ) -> Any:
     """The family's ``SDTextEncoder``. ``sd2_last_layer_dropped``: the OpenCLIP-H tower lacks its last
     layer (diffusers exports), so SD2's penultimate-layer conditioning is this tower's last layer."""
-    from engine.diffusion.text.encoder import SDTextEncoder, TowerSpec
-
     towers = [_text_tower(sd, e, dtype=dtype, path=spec.filename) for e in spec.text_encoders]
     if spec.family is ModelFamily.SD1:
         return SDTextEncoder.for_sd1(towers[0])
@@ -204,31 +206,43 @@ def _assemble(
     dtype: torch.dtype | None,
     components: set[str],
     sd2_last_layer_dropped: bool = False,
+    dtypes: ComponentDtypes | None = None,
 ) -> LoadedCheckpoint:
     path = spec.filename
     unet = vae = text = None
+
+    def dtype_of(component: str, part: Mapping[str, torch.Tensor]) -> torch.dtype:
+        return (dtypes or {}).get(component) or dtype or _dominant_float_dtype(part)
+
     if "unet" in components:
         unet_sd = dl.strip_prefix(sd, UNET_PREFIX)
-        unet = build_unet(spec.unet_config, unet_sd, dtype=dtype or _dominant_float_dtype(unet_sd), path=path)
+        unet = build_unet(spec.unet_config, unet_sd, dtype=dtype_of("unet", unet_sd), path=path)
         del unet_sd
     if "vae" in components and "vae" in spec.components:
         vae_sd = dl.strip_prefix(sd, spec.vae_prefix)
         vae = build_vae(
-            spec.vae_config,
-            vae_sd,
-            dtype=dtype or _dominant_float_dtype(vae_sd),
-            path=path,
-            prefix=spec.vae_prefix,
+            spec.vae_config, vae_sd, dtype=dtype_of("vae", vae_sd), path=path, prefix=spec.vae_prefix
         )
     if "text" in components and "text" in spec.components:
         text_sd = {k: v for k, v in sd.items() if any(k.startswith(e.prefix) for e in spec.text_encoders)}
         text = build_text_encoder(
             text_sd,
             spec,
-            dtype=dtype or _dominant_float_dtype(text_sd),
+            dtype=dtype_of("text", text_sd),
             sd2_last_layer_dropped=sd2_last_layer_dropped,
         )
     return LoadedCheckpoint(spec, unet, vae, text)
+
+
+def _component_of(key: str) -> str | None:
+    """Which component a single-file key belongs to ("unet" / "vae" / "text"), None for other keys."""
+    if key.startswith(UNET_PREFIX):
+        return "unet"
+    if key.startswith(VAE_PREFIX):
+        return "vae"
+    if key.startswith(("cond_stage_model.", "conditioner.")):
+        return "text"
+    return None
 
 
 def _key_filter(components: set[str]) -> Any:
@@ -236,15 +250,17 @@ def _key_filter(components: set[str]) -> Any:
         return None
 
     def keep(k: str) -> bool:
-        if k.startswith(UNET_PREFIX):
-            return "unet" in components
-        if k.startswith(VAE_PREFIX):
-            return "vae" in components
-        if k.startswith(("cond_stage_model.", "conditioner.")):
-            return "text" in components
-        return True
+        component = _component_of(k)
+        return component is None or component in components
 
     return keep
+
+
+def _read_dtypes(dtype: torch.dtype | None, dtypes: ComponentDtypes | None) -> Any:
+    """What ``read_state_dict`` gets as ``dtype``: the single dtype, or a per-key function."""
+    if not dtypes:
+        return dtype
+    return lambda key: dtypes.get(_component_of(key) or "", dtype)
 
 
 def load_checkpoint(
@@ -253,10 +269,13 @@ def load_checkpoint(
     dtype: torch.dtype | None = None,
     prediction_type: str | None = None,
     components: Iterable[str] = ALL_COMPONENTS,
+    dtypes: ComponentDtypes | None = None,
 ) -> LoadedCheckpoint:
     """Load a single-file SD1/SD2/SDXL checkpoint (``.safetensors`` or weights-only ``.ckpt``).
 
-    ``dtype``: the dtype of all floating-point weights (None keeps the file's). ``prediction_type``
+    ``dtype``: the dtype of all floating-point weights (None keeps the file's); ``dtypes`` overrides it
+    per component (``{"unet": torch.bfloat16, "vae": torch.float32, "text": torch.float32}``), each
+    tensor being read straight into its component's dtype. ``prediction_type``
     overrides the detected ``"eps"``/``"v"``. ``components`` limits what is built; a component
     missing from the file gives ``None`` plus a note in ``spec.notes``. The UNet is always read, since
     detection needs it.
@@ -264,15 +283,19 @@ def load_checkpoint(
     comps = _check_components(components)
     p = Path(path)
     if p.is_dir():
-        return load_diffusers_folder(p, dtype=dtype, prediction_type=prediction_type, components=comps)
+        return load_diffusers_folder(
+            p, dtype=dtype, prediction_type=prediction_type, components=comps, dtypes=dtypes
+        )
     # Text-encoder keys are always read: detection needs them to tell the families apart.
-    sd = read_state_dict(p, dtype=dtype, keys_filter=_key_filter(comps | {"unet", "text"}))
+    sd = read_state_dict(
+        p, dtype=_read_dtypes(dtype, dtypes), keys_filter=_key_filter(comps | {"unet", "text"})
+    )
     sd = normalize_legacy_keys(sd)
     spec = detect_checkpoint(sd, filename=p, prediction_type=prediction_type, metadata=read_metadata(p))
     if "vae" not in comps and "vae" not in spec.components:
         # The VAE keys were filtered out on purpose: do not report them as missing.
         spec = replace(spec, notes=tuple(n for n in spec.notes if "no VAE weights" not in n))
-    return _assemble(sd, spec, dtype=dtype, components=comps)
+    return _assemble(sd, spec, dtype=dtype, components=comps, dtypes=dtypes)
 
 
 def _strip_vae_prefix(sd: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], str]:
@@ -283,15 +306,19 @@ def _strip_vae_prefix(sd: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tens
 
 
 def load_vae(
-    path: str | os.PathLike[str], *, dtype: torch.dtype | None = None, scaling_factor: float | None = None
+    path: str | os.PathLike[str],
+    *,
+    dtype: torch.dtype | None = None,
+    scaling_factor: float | None = None,
+    shift_factor: float | None = None,
 ) -> nn.Module:
     """Load a standalone VAE file: original layout (with or without ``first_stage_model.``) or diffusers.
 
     The latent scale factor is not stored in VAE weights; without ``scaling_factor`` it is 0.13025
-    when the file name mentions SDXL ("xl") and 0.18215 otherwise.
+    when the file name mentions SDXL ("xl") and 0.18215 otherwise. A 16-channel VAE (SD3, Flux: no
+    quant convs) gets the Flux factors when the file is ``ae.*`` or its name mentions "flux", else SD3's
+    (see ``flow_detect.vae16_format``); ``shift_factor`` overrides the shift.
     """
-    from engine.diffusion.models.vae import vae_config_from_state_dict
-
     p = Path(path)
     sd = read_state_dict(p, dtype=dtype)
     if any(".lora_down." in k or ".lora_A." in k or k.startswith("lora_") for k in sd):
@@ -309,12 +336,14 @@ def load_vae(
             "not a VAE: 'encoder.conv_in.weight'/'decoder.conv_out.weight' are missing "
             f"(keys start with: {_list({'.'.join(k.split('.')[:2]) for k in sd}, 6)})",
         )
+    shift = 0.0
+    if sd["decoder.conv_in.weight"].shape[1] == 16:
+        fmt = vae16_format(p.name)
+        scaling_factor = fmt.scale_factor if scaling_factor is None else scaling_factor
+        shift = fmt.shift_factor
     if scaling_factor is None:
         scaling_factor = 0.13025 if "xl" in p.name.lower() else 0.18215
-    try:
-        config = vae_config_from_state_dict(sd, scaling_factor=scaling_factor)
-    except ValueError as e:
-        raise CheckpointError(p, f"cannot read the VAE configuration: {e}") from None
+    config = vae_config_for_file(sd, scaling_factor, p, shift if shift_factor is None else shift_factor)
     return build_vae(config, sd, dtype=dtype or _dominant_float_dtype(sd), path=str(p), prefix=prefix)
 
 
@@ -349,6 +378,7 @@ def diffusers_folder_to_single_file(
     *,
     dtype: torch.dtype | None = None,
     components: Iterable[str] = ALL_COMPONENTS,
+    dtypes: ComponentDtypes | None = None,
 ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Read a diffusers model folder into one state dict in the original single-file layout.
 
@@ -367,7 +397,8 @@ def diffusers_folder_to_single_file(
 
     def read(sub: str) -> dict[str, torch.Tensor] | None:
         f = _component_file(r / sub)
-        return read_state_dict(f, dtype=dtype) if f is not None else None
+        component = "text" if sub.startswith("text_encoder") else sub
+        return read_state_dict(f, dtype=(dtypes or {}).get(component, dtype)) if f is not None else None
 
     unet = read("unet")
     if unet is None:
@@ -385,9 +416,9 @@ def diffusers_folder_to_single_file(
     te2 = read("text_encoder_2")
     if te1 is not None and te2 is not None:
         sd.update(dl.add_prefix(dl.strip_prefix(te1, "text_model."), SDXL_CLIP_L_PREFIX))
-        sd.update(dl.add_prefix(dl.hf_clip_to_openclip(te2), SDXL_CLIP_G_PREFIX))
+        sd.update(dl.add_prefix(ct.hf_to_openclip(te2), SDXL_CLIP_G_PREFIX))
     elif te2 is not None:
-        sd.update(dl.add_prefix(dl.hf_clip_to_openclip(te2), SGM_OPENCLIP0_PREFIX))
+        sd.update(dl.add_prefix(ct.hf_to_openclip(te2), SGM_OPENCLIP0_PREFIX))
     elif te1 is not None:
         conf = _read_json(r / "text_encoder" / "config.json")
         width = int(te1["text_model.embeddings.token_embedding.weight"].shape[1])
@@ -396,7 +427,7 @@ def diffusers_folder_to_single_file(
         if is_openai:
             sd.update(dl.add_prefix(dl.strip_prefix(te1, "text_model."), SD1_CLIP_PREFIX))
         else:
-            sd.update(dl.add_prefix(dl.hf_clip_to_openclip(te1), SD2_OPENCLIP_PREFIX))
+            sd.update(dl.add_prefix(ct.hf_to_openclip(te1), SD2_OPENCLIP_PREFIX))
     sched = _read_json(r / "scheduler" / "scheduler_config.json")
     hints = {"prediction_type": str(sched["prediction_type"])} if "prediction_type" in sched else {}
     return sd, hints
@@ -408,6 +439,7 @@ def load_diffusers_folder(
     dtype: torch.dtype | None = None,
     prediction_type: str | None = None,
     components: Iterable[str] = ALL_COMPONENTS,
+    dtypes: ComponentDtypes | None = None,
 ) -> LoadedCheckpoint:
     """Load a diffusers model folder (``unet/``, ``vae/``, ``text_encoder/``, ``text_encoder_2/``).
 
@@ -421,7 +453,7 @@ def load_diffusers_folder(
     """
     comps = _check_components(components)
     r = Path(path)
-    sd, hints = diffusers_folder_to_single_file(r, dtype=dtype, components=comps)
+    sd, hints = diffusers_folder_to_single_file(r, dtype=dtype, components=comps, dtypes=dtypes)
     spec = detect_checkpoint(sd, filename=r, prediction_type=prediction_type, metadata=hints)
     dropped = (
         spec.family in (ModelFamily.SD2, ModelFamily.SD2_V)
@@ -434,4 +466,4 @@ def load_diffusers_folder(
             "diffusers SD2 text encoder has 23 of OpenCLIP-H's 24 layers; its last layer is SD2's penultimate"
         )
         spec = replace(spec, notes=spec.notes + (note,))
-    return _assemble(sd, spec, dtype=dtype, components=comps, sd2_last_layer_dropped=dropped)
+    return _assemble(sd, spec, dtype=dtype, components=comps, sd2_last_layer_dropped=dropped, dtypes=dtypes)

@@ -15,6 +15,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from engine.diffusion.sampling.model_sampling import ModelSamplingDiscrete
+
 from .controlnet import ControlNetModel
 from .t2i_adapter import T2IAdapter
 
@@ -71,18 +73,6 @@ class ControlApplication:
         self.model_sampling = model_sampling
         self._adapter_cache: tuple[tuple[Any, ...], Residuals] | None = None
 
-    def copy_with(self, **changes: Any) -> ControlApplication:
-        kw: dict[str, Any] = {
-            "strength": self.strength,
-            "start_percent": self.start_percent,
-            "end_percent": self.end_percent,
-            "previous": self.previous,
-            "model_sampling": self.model_sampling,
-        }
-        hint = changes.pop("hint", self.hint)
-        kw.update(changes)
-        return ControlApplication(self.model, hint, **kw)
-
     def pre_run(self, model_sampling: Any) -> None:
         """Bind the sampled model's noise schedule (for this control and those it chains to)."""
         node: ControlApplication | None = self
@@ -100,8 +90,6 @@ class ControlApplication:
 
     def _sampling(self) -> Any:
         if self.model_sampling is None:
-            from engine.diffusion.sampling.model_sampling import ModelSamplingDiscrete
-
             # eps and v share calculate_input and the timestep mapping, so "eps" is right for both.
             self.model_sampling = ModelSamplingDiscrete("eps")
         return self.model_sampling

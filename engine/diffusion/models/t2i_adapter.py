@@ -4,7 +4,8 @@ feature map per UNet level, added to the UNet's encoder features (not timestep d
 once per image size).
 
 Key layout of the TencentARC release (``conv_in``, ``body.N.{in_conv,block1,block2,skep,down_opt.op}``);
-files saved by diffusers (``adapter.body.I.resnets.J.*``) are renamed to it. Architecture facts:
+files saved by diffusers (``adapter.body.I.resnets.J.*``) are renamed to it by
+``engine.diffusion.checkpoints.control``, which also reads the architecture from the weights. Architecture facts:
 pixel-unshuffle by 8 (SD1.x/2.x) or 16 (SDXL) -> ``conv_in`` -> per level ``nums_rb`` residual blocks, the
 first of each level after the first downsampling 2x (SDXL: only the third level downsamples), features
 after each level. ``forward`` returns the residual lists of the UNet ``control`` contract in ComfyUI's
@@ -14,7 +15,6 @@ SDXL's after input blocks 3, 5, 8 and the middle block.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -110,70 +110,3 @@ class T2IAdapter(nn.Module):
             # Last level -> middle block; the rest in input-block order, reversed for the UNet's pop().
             return {"input": slots[:-1][::-1], "middle": [slots[-1]]}
         return {"input": slots[::-1]}
-
-
-def is_t2i_adapter(keys: Any) -> bool:
-    ks = set(keys)
-    return ("conv_in.weight" in ks and "body.0.block2.weight" in ks) or any(
-        str(k).startswith("adapter.") for k in ks
-    )
-
-
-def t2i_diffusers_to_original(sd: Mapping[str, torch.Tensor], nums_rb: int = 2) -> dict[str, torch.Tensor]:
-    """diffusers ``T2IAdapter`` keys (``adapter.body.I.resnets.J.``, ``adapter.body.I.downsample``...) ->
-    the TencentARC layout (``body.{I*nums_rb+J}.``)."""
-    out: dict[str, torch.Tensor] = {}
-    for k, v in sd.items():
-        key = k[len("adapter.") :] if k.startswith("adapter.") else k
-        parts = key.split(".")
-        if parts[0] == "body" and len(parts) > 3 and parts[2] == "resnets":
-            i, j = int(parts[1]), int(parts[3])
-            key = ".".join(["body", str(i * nums_rb + j)] + parts[4:])
-        elif parts[0] == "body" and len(parts) > 2:
-            key = ".".join(["body", str(int(parts[1]) * nums_rb)] + parts[2:])
-        out[key] = v
-    return out
-
-
-def build_t2i_adapter(
-    sd: Mapping[str, torch.Tensor], *, dtype: torch.dtype | None = None, device: Any = None
-) -> T2IAdapter:
-    """A full T2I-Adapter from its weights; raises ValueError for the variants not implemented here
-    (Adapter-light, ``body.0.in_conv``; style/CoAdapters)."""
-    if "adapter" in sd and not isinstance(sd.get("adapter"), torch.Tensor):
-        sd = sd["adapter"]  # type: ignore[assignment]
-    if any(k.startswith("adapter.") for k in sd):
-        sd = t2i_diffusers_to_original(sd)
-    if "conv_in.weight" not in sd:
-        raise ValueError(
-            "unsupported T2I-Adapter layout: no 'conv_in.weight' (Adapter-light and style adapters are not "
-            f"supported); first keys: {sorted(sd)[:5]}"
-        )
-    w = sd["conv_in.weight"]
-    cin, ch0 = int(w.shape[1]), int(w.shape[0])
-    n_body = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("body."))
-    chans: list[int] = []
-    for i in range(n_body):
-        c = int(sd[f"body.{i}.block1.weight"].shape[0])
-        if not chans or chans[-1] != c or i % 2 == 0 and len(chans) * 2 <= i:
-            pass
-        chans.append(c)
-    nums_rb = 2
-    levels = n_body // nums_rb
-    channels = tuple(chans[i * nums_rb] for i in range(levels))
-    ksize = int(sd["body.0.block2.weight"].shape[2])
-    use_conv = any(k.endswith("down_opt.op.weight") for k in sd)
-    xl = cin in (256, 768)  # unshuffle 16: 1 or 3 image channels * 256
-    del ch0
-    model = T2IAdapter(cin, channels, nums_rb=nums_rb, ksize=ksize, use_conv=use_conv, xl=xl, device="meta")
-    missing = sorted(set(model.state_dict()) - set(sd))
-    unexpected = sorted(set(sd) - set(model.state_dict()))
-    if missing or unexpected:
-        raise ValueError(
-            f"T2I-Adapter weights do not fit the inferred architecture: missing {missing[:5]}, "
-            f"unexpected {unexpected[:5]}"
-        )
-    model.load_state_dict(dict(sd), assign=True)
-    if dtype is not None or device is not None:
-        model.to(dtype=dtype, device=device)
-    return model

@@ -35,7 +35,6 @@ Forward contract
 from __future__ import annotations
 
 import dataclasses
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -175,14 +174,10 @@ class UNetConfig:
 
     @classmethod
     def sd2(cls, *, in_channels: int = 4) -> UNetConfig:
-        """SD 2.x (v2-inference(-v).yaml): OpenCLIP ViT-H context (1024), 64-channel heads, linear proj."""
-        return cls.from_levels(
-            channel_mult=(1, 2, 4, 4),
-            num_res_blocks=2,
-            level_depth=(1, 1, 1, 0),
-            middle_depth=1,
-            in_channels=in_channels,
-            model_channels=320,
+        """SD 2.x (v2-inference(-v).yaml): SD 1.x's shape with OpenCLIP ViT-H context (1024), 64-channel
+        heads and linear projections."""
+        return dataclasses.replace(
+            cls.sd15(in_channels=in_channels),
             context_dim=1024,
             num_heads=None,
             num_head_channels=64,
@@ -402,6 +397,7 @@ class UNetModel(nn.Module):
         t = torch.as_tensor(timesteps, device=x.device)
         if t.ndim == 0:
             t = t.expand(batch)
+        # (B,) -> (B, model_channels) sinusoids -> (B, 4*model_channels) time embedding
         emb = self.time_embed(timestep_embedding(t, self.config.model_channels).to(dtype))
         if self.label_emb is not None:
             if y is None:
@@ -409,14 +405,15 @@ class UNetModel(nn.Module):
                     "UNetModel: this UNet has an ADM/label embedding (SDXL); pass y, e.g. built with "
                     "engine.diffusion.models.sdxl_conditioning.sdxl_adm"
                 )
-            emb = emb + self.label_emb(y.to(dtype))
+            emb = emb + self.label_emb(y.to(dtype))  # y: (B, adm_in_channels) -> (B, 4*model_channels)
         if context is not None:
-            context = context.to(dtype)
+            context = context.to(dtype)  # (B, T, context_dim)
         elif self.config.has_transformers:
             raise ValueError("UNetModel: this UNet has cross-attention; pass context (text tokens)")
 
-        h = x.to(dtype)
+        h = x.to(dtype)  # (B, in_channels, h, w)
         hs: list[torch.Tensor] = []
+        # Each level: (B, C, H, W) -> (B, C', H, W); each downsampler halves H and W.
         for i, block in enumerate(self.input_blocks):
             h = block(h, emb, context)
             h = add_control(h, "input")
@@ -428,160 +425,10 @@ class UNetModel(nn.Module):
         h = patch(h, "middle", 0)
         for i, block in enumerate(self.output_blocks):
             skip = add_control(hs.pop(), "output")
-            h = torch.cat([h, skip], dim=1)
+            h = torch.cat([h, skip], dim=1)  # (B, C, H, W) + (B, C_skip, H, W) -> (B, C + C_skip, H, W)
             size = tuple(hs[-1].shape[-2:]) if hs else None
             h = block(h, emb, context, size)
             h = patch(h, "output", i)
         norm, _, conv = self.out
-        h = conv(torch.nn.functional.silu(norm(h)))
+        h = conv(torch.nn.functional.silu(norm(h)))  # (B, model_channels, h, w) -> (B, out_channels, h, w)
         return h.to(out_dtype)
-
-
-# ---- config inference ---------------------------------------------------------------------------
-
-_BLOCK_RE = re.compile(r"^(input_blocks|output_blocks)\.(\d+)\.")
-
-
-def _depth(sd: Mapping[str, torch.Tensor], prefix: str) -> int:
-    """Number of transformer blocks under ``prefix`` (e.g. ``input_blocks.1.1.``)."""
-    ids = set()
-    pat = re.compile(re.escape(prefix) + r"transformer_blocks\.(\d+)\.")
-    for key in sd:
-        m = pat.match(key)
-        if m:
-            ids.add(int(m.group(1)))
-    return len(ids)
-
-
-def unet_config_from_state_dict(
-    sd: Mapping[str, torch.Tensor],
-    *,
-    num_heads: int | None = None,
-    num_head_channels: int | None = None,
-) -> UNetConfig:
-    """Infer a `UNetConfig` from UNet weights (keys without the ``model.diffusion_model.`` prefix).
-
-    Everything except the attention head layout is read from key names and shapes. The head
-    count/size does not show in any shape, so it comes from the arguments; without them it defaults
-    by context width: 768 (CLIP ViT-L, SD1) -> 8 heads, anything else (SD2, SDXL) -> 64-channel heads.
-    Raises ValueError naming the keys when the dict is not an LDM UNet.
-    """
-    if num_heads is not None and num_head_channels is not None:
-        raise ValueError("unet_config_from_state_dict: pass num_heads or num_head_channels, not both")
-
-    def need(key: str) -> torch.Tensor:
-        if key not in sd:
-            sample = ", ".join(sorted(sd)[:5])
-            raise ValueError(
-                f"not an LDM UNet state dict: key {key!r} is missing (first keys: {sample}). "
-                "Strip the 'model.diffusion_model.' prefix before calling unet_config_from_state_dict."
-            )
-        return sd[key]
-
-    w_in = need("input_blocks.0.0.weight")
-    w_out = need("out.2.weight")
-    if w_in.ndim != 4:
-        raise ValueError(f"input_blocks.0.0.weight has shape {tuple(w_in.shape)}; expected a 4-D conv weight")
-    model_channels, in_channels = int(w_in.shape[0]), int(w_in.shape[1])
-    out_channels = int(w_out.shape[0])
-
-    n_in = 1 + max(
-        (int(m.group(2)) for k in sd if (m := _BLOCK_RE.match(k)) and m.group(1)[0] == "i"), default=0
-    )
-    n_out = 1 + max(
-        (int(m.group(2)) for k in sd if (m := _BLOCK_RE.match(k)) and m.group(1)[0] == "o"), default=-1
-    )
-
-    channel_mult: list[int] = []
-    num_res_blocks: list[int] = []
-    depth_in: list[int] = []
-    count = 0
-    context_dim: int | None = None
-    use_linear: bool | None = None
-
-    def read_transformer(prefix: str) -> int:
-        nonlocal context_dim, use_linear
-        if f"{prefix}proj_in.weight" not in sd:
-            return 0
-        use_linear = sd[f"{prefix}proj_in.weight"].ndim == 2
-        depth = _depth(sd, prefix)
-        k = f"{prefix}transformer_blocks.0.attn2.to_k.weight"
-        if depth and k in sd:
-            context_dim = int(sd[k].shape[1])
-        return depth
-
-    for i in range(1, n_in):
-        p = f"input_blocks.{i}.0."
-        if f"{p}op.weight" in sd:
-            num_res_blocks.append(count)
-            count = 0
-            continue
-        w = need(f"{p}in_layers.2.weight")
-        mult, rem = divmod(int(w.shape[0]), model_channels)
-        if rem:
-            raise ValueError(
-                f"{p}in_layers.2.weight: {w.shape[0]} channels is not a multiple of {model_channels}"
-            )
-        if count == 0:
-            channel_mult.append(mult)
-        elif channel_mult[-1] != mult:
-            raise ValueError(f"{p}in_layers.2.weight: channel count changes inside a level")
-        count += 1
-        depth_in.append(read_transformer(f"input_blocks.{i}.1."))
-    num_res_blocks.append(count)
-    if len(channel_mult) != len(num_res_blocks) or 0 in num_res_blocks:
-        raise ValueError(
-            f"cannot read the UNet levels from input_blocks (res blocks per level: {num_res_blocks}); "
-            "a level without res blocks is not supported"
-        )
-
-    depth_out: list[int] = []
-    for i in range(n_out):
-        need(f"output_blocks.{i}.0.in_layers.2.weight")
-        depth_out.append(read_transformer(f"output_blocks.{i}.1."))
-    expected_out = sum(num_res_blocks) + len(num_res_blocks)
-    if n_out != expected_out:
-        raise ValueError(
-            f"UNet has {n_out} output_blocks but its input_blocks (res blocks per level {num_res_blocks}) "
-            f"imply {expected_out}; this layout is not supported"
-        )
-
-    has_middle = "middle_block.0.in_layers.0.weight" in sd
-    depth_mid: int | None = None
-    if has_middle and "middle_block.1.in_layers.0.weight" not in sd and "middle_block.1.norm.weight" in sd:
-        depth_mid = read_transformer("middle_block.1.")
-    elif has_middle and "middle_block.1.in_layers.0.weight" in sd:
-        raise ValueError(
-            "middle_block.1 is a ResBlock; a middle block without transformer but two ResBlocks is not supported"
-        )
-
-    adm = int(sd["label_emb.0.0.weight"].shape[1]) if "label_emb.0.0.weight" in sd else None
-
-    has_tf = any(depth_in) or any(depth_out) or depth_mid is not None
-    heads: int | None = None
-    head_ch: int | None = None
-    if has_tf:
-        if num_heads is not None:
-            heads = num_heads
-        elif num_head_channels is not None:
-            head_ch = num_head_channels
-        elif context_dim == 768:
-            heads = 8
-        else:
-            head_ch = 64
-    return UNetConfig(
-        in_channels=in_channels,
-        out_channels=out_channels,
-        model_channels=model_channels,
-        channel_mult=tuple(channel_mult),
-        num_res_blocks=tuple(num_res_blocks),
-        transformer_depth=tuple(depth_in),
-        transformer_depth_output=tuple(depth_out),
-        middle_block=has_middle,
-        transformer_depth_middle=depth_mid,
-        context_dim=context_dim,
-        num_heads=heads,
-        num_head_channels=head_ch,
-        use_linear_in_transformer=bool(use_linear),
-        adm_in_channels=adm,
-    )

@@ -74,11 +74,11 @@ class ResBlock(nn.Module):
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         norm1, _, conv1 = self.in_layers
         norm2, _, _, conv2 = self.out_layers
-        h = conv1(F.silu(norm1(x)))
-        # emb: (B, C) -> broadcast over H, W.
+        h = conv1(F.silu(norm1(x)))  # (B, C_in, H, W) -> (B, C_out, H, W)
+        # emb: (B, E) -> (B, C_out, 1, 1), broadcast over H, W.
         h = h + self.emb_layers[1](F.silu(emb))[:, :, None, None]
         h = conv2(F.silu(norm2(h)))
-        return self.skip_connection(x) + h
+        return self.skip_connection(x) + h  # skip: (B, C_in, H, W) -> (B, C_out, H, W)
 
 
 class Downsample(nn.Module):
@@ -89,7 +89,7 @@ class Downsample(nn.Module):
         self.op = _make_conv(channels, out_channels, 3, stride=2, padding=1, dtype=dtype, device=device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.op(x)
+        return self.op(x)  # (B, C, H, W) -> (B, C_out, ceil(H/2), ceil(W/2))
 
 
 class Upsample(nn.Module):
@@ -108,7 +108,7 @@ class Upsample(nn.Module):
             x = F.interpolate(x, scale_factor=2.0, mode="nearest")
         else:
             x = F.interpolate(x, size=size, mode="nearest")
-        return self.conv(x)
+        return self.conv(x)  # (B, C, H, W) -> (B, C_out, 2H, 2W) or (B, C_out, *size)
 
 
 class CrossAttention(nn.Module):
@@ -140,13 +140,15 @@ class CrossAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         ctx = x if context is None else context
-        b, n, _ = x.shape
+        b, n, _ = x.shape  # x: (B, N, C) queries; ctx: (B, M, C_ctx) keys and values
+        m = ctx.shape[1]
+        # (B, N or M, heads*d) -> (B, heads, N or M, d)
         q = self.to_q(x).view(b, n, self.heads, self.dim_head).transpose(1, 2)
-        k = self.to_k(ctx).view(b, ctx.shape[1], self.heads, self.dim_head).transpose(1, 2)
-        v = self.to_v(ctx).view(b, ctx.shape[1], self.heads, self.dim_head).transpose(1, 2)
-        out = F.scaled_dot_product_attention(q, k, v)
-        out = out.transpose(1, 2).reshape(b, n, self.heads * self.dim_head)
-        return self.to_out[0](out)
+        k = self.to_k(ctx).view(b, m, self.heads, self.dim_head).transpose(1, 2)
+        v = self.to_v(ctx).view(b, m, self.heads, self.dim_head).transpose(1, 2)
+        out = F.scaled_dot_product_attention(q, k, v)  # (B, heads, N, d)
+        out = out.transpose(1, 2).reshape(b, n, self.heads * self.dim_head)  # (B, N, heads*d)
+        return self.to_out[0](out)  # (B, N, C)
 
 
 class GEGLU(nn.Module):
@@ -157,7 +159,7 @@ class GEGLU(nn.Module):
         self.proj = nn.Linear(dim_in, dim_out * 2, dtype=dtype, device=device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        value, gate = self.proj(x).chunk(2, dim=-1)
+        value, gate = self.proj(x).chunk(2, dim=-1)  # (B, N, C) -> 2 x (B, N, C_out)
         return value * F.gelu(gate)
 
 
@@ -193,6 +195,7 @@ class BasicTransformerBlock(nn.Module):
         self.norm3 = nn.LayerNorm(dim, **fk)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
+        # x: (B, N, C) image tokens; context: (B, M, C_ctx) text tokens; the shape of x never changes.
         x = self.attn1(self.norm1(x)) + x
         x = self.attn2(self.norm2(x), context) + x
         return self.ff(self.norm3(x)) + x
@@ -251,7 +254,7 @@ class SpatialTransformer(nn.Module):
             x = block(x, context)
         if self.use_linear:
             x = self.proj_out(x)
-        # Back to a contiguous NCHW tensor: a channels-last view here would make the following
+        # (B, H*W, C) -> (B, C, H, W), contiguous: a channels-last view here would make the following
         # convolutions run channels-last and re-layout their weights on every call (slow on CPU).
         x = x.reshape(b, h, w, -1).permute(0, 3, 1, 2).contiguous()
         if not self.use_linear:

@@ -8,14 +8,16 @@ original keys without the ``first_stage_model.`` prefix: ``encoder.down.0.block.
 The mid-block attention projections (``q``, ``k``, ``v``, ``proj_out``) are 1x1 convolutions in the
 original code (4-D weights); some converted checkpoints store them as linear (2-D) weights. Both load.
 
-``encode``/``decode`` work on the *scaled* latent space the UNet sees (latents multiplied by
-``scaling_factor``: 0.18215 for SD1/SD2, 0.13025 for SDXL) and can run in overlapping tiles, blended
-with a linear feather over the whole overlap so tile borders leave no seam.
+``encode``/``decode`` work on the *normalised* latent space the diffusion model sees:
+``(raw - shift_factor) * scaling_factor`` (0.18215 for SD1/SD2, 0.13025 for SDXL, no shift; SD3 and
+FLUX.1 also shift, see ``latent_formats``) and can run in overlapping tiles, blended with a linear
+feather over the whole overlap so tile borders leave no seam. The SD3/Flux VAE has 16 latent channels
+and no ``quant_conv``/``post_quant_conv`` (``use_quant_conv=False``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +39,9 @@ class VAEConfig:
     embed_dim: int = 4
     double_z: bool = True
     scaling_factor: float = 0.18215
+    shift_factor: float = 0.0
+    # False for the SD3 / Flux VAE: those files have no quant_conv/post_quant_conv at all.
+    use_quant_conv: bool = True
 
     @property
     def downscale(self) -> int:
@@ -52,6 +57,20 @@ class VAEConfig:
     def sdxl(cls) -> VAEConfig:
         """SDXL VAE: same architecture, scale factor 0.13025 (sd_xl_base.yaml)."""
         return cls(scaling_factor=0.13025)
+
+    @classmethod
+    def sd3(cls) -> VAEConfig:
+        """SD3 / SD3.5 VAE: 16 latent channels, no quant convs, latents (z - 0.0609) * 1.5305."""
+        return cls(
+            z_channels=16, embed_dim=16, use_quant_conv=False, scaling_factor=1.5305, shift_factor=0.0609
+        )
+
+    @classmethod
+    def flux(cls) -> VAEConfig:
+        """FLUX.1 VAE (``ae.safetensors``): the SD3 architecture, latents (z - 0.1159) * 0.3611."""
+        return cls(
+            z_channels=16, embed_dim=16, use_quant_conv=False, scaling_factor=0.3611, shift_factor=0.1159
+        )
 
     @classmethod
     def tiny(cls, *, scaling_factor: float = 0.18215) -> VAEConfig:
@@ -73,7 +92,7 @@ class ResnetBlock(nn.Module):
         self.nin_shortcut = nn.Conv2d(cin, cout, 1, **fk) if cin != cout else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
+        h = self.conv1(F.silu(self.norm1(x)))  # (B, C_in, H, W) -> (B, C_out, H, W)
         h = self.conv2(F.silu(self.norm2(h)))
         if self.nin_shortcut is not None:
             x = self.nin_shortcut(x)
@@ -108,7 +127,7 @@ class AttnBlock(nn.Module):
             return t.reshape(b, 1, c, h * w).transpose(2, 3)
 
         out = F.scaled_dot_product_attention(tokens(self.q(n)), tokens(self.k(n)), tokens(self.v(n)))
-        out = out.transpose(2, 3).reshape(b, c, h, w)
+        out = out.transpose(2, 3).reshape(b, c, h, w)  # (B, 1, HW, C) -> (B, C, H, W)
         return x + self.proj_out(out)
 
 
@@ -120,7 +139,7 @@ class Downsample(nn.Module):
         self.conv = nn.Conv2d(ch, ch, 3, stride=2, padding=0, **fk)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(F.pad(x, (0, 1, 0, 1)))
+        return self.conv(F.pad(x, (0, 1, 0, 1)))  # (B, C, H, W) -> (B, C, H/2, W/2)
 
 
 class Upsample(nn.Module):
@@ -129,7 +148,7 @@ class Upsample(nn.Module):
         self.conv = nn.Conv2d(ch, ch, 3, padding=1, **fk)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))  # (B, C, H, W) -> (B, C, 2H, 2W)
 
 
 class _Mid(nn.Module):
@@ -179,11 +198,11 @@ class Encoder(nn.Module):
         self.conv_out = nn.Conv2d(cin, zc, 3, padding=1, **fk)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.conv_in(x)
+        h = self.conv_in(x)  # (B, 3, H, W) -> (B, ch, H, W)
         for stage in self.down:
-            h = stage(h)
-        h = self.mid(h)
-        return self.conv_out(F.silu(self.norm_out(h)))
+            h = stage(h)  # each level but the last halves H and W
+        h = self.mid(h)  # (B, ch*ch_mult[-1], H/f, W/f)
+        return self.conv_out(F.silu(self.norm_out(h)))  # -> (B, 2*z_channels, H/f, W/f): mean, log-variance
 
 
 class Decoder(nn.Module):
@@ -206,10 +225,10 @@ class Decoder(nn.Module):
         self.conv_out = nn.Conv2d(cin, cfg.out_channels, 3, padding=1, **fk)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        h = self.mid(self.conv_in(z))
+        h = self.mid(self.conv_in(z))  # (B, z_channels, h, w) -> (B, ch*ch_mult[-1], h, w)
         for stage in reversed(self.up):
-            h = stage(h)
-        return self.conv_out(F.silu(self.norm_out(h)))
+            h = stage(h)  # each level but the full-resolution one doubles H and W
+        return self.conv_out(F.silu(self.norm_out(h)))  # (B, ch, f*h, f*w) -> (B, 3, f*h, f*w)
 
 
 def _tile_starts(size: int, tile: int, overlap: int, align: int) -> list[int]:
@@ -290,15 +309,22 @@ class AutoencoderKL(nn.Module):
         self.encoder = Encoder(config, fk)
         self.decoder = Decoder(config, fk)
         zc = 2 * config.z_channels if config.double_z else config.z_channels
-        self.quant_conv = nn.Conv2d(zc, 2 * config.embed_dim, 1, **fk)
-        self.post_quant_conv = nn.Conv2d(config.embed_dim, config.z_channels, 1, **fk)
+        self.quant_conv: nn.Conv2d | None = None
+        self.post_quant_conv: nn.Conv2d | None = None
+        if config.use_quant_conv:
+            self.quant_conv = nn.Conv2d(zc, 2 * config.embed_dim, 1, **fk)
+            self.post_quant_conv = nn.Conv2d(config.embed_dim, config.z_channels, 1, **fk)
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.quant_conv.weight.dtype
+        # encoder.conv_in exists in every configuration (the quant convs do not).
+        return self.encoder.conv_in.weight.dtype
 
     def _moments(self, x: torch.Tensor) -> torch.Tensor:
-        return self.quant_conv(self.encoder(x)).float()
+        h = self.encoder(x)
+        if self.quant_conv is not None:
+            h = self.quant_conv(h)
+        return h.float()
 
     def encode(
         self,
@@ -308,7 +334,7 @@ class AutoencoderKL(nn.Module):
         tile_overlap: int = 64,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        """Images (B, 3, H, W) in -1..1 -> latents (B, embed_dim, H/8, W/8) multiplied by ``scaling_factor``.
+        """Images (B, 3, H, W) in -1..1 -> latents (B, embed_dim, H/8, W/8), ``(z - shift_factor) * scaling_factor``.
 
         Returns the posterior mean; with ``generator`` a sample of the diagonal Gaussian posterior
         instead (log-variance clamped to [-30, 20] as in the LDM code). ``tile_size``/``tile_overlap`` in
@@ -332,21 +358,26 @@ class AutoencoderKL(nn.Module):
             std = torch.exp(0.5 * logvar.clamp(-30.0, 20.0))
             noise = torch.randn(mean.shape, generator=generator, device=generator.device, dtype=mean.dtype)
             mean = mean + std * noise.to(mean.device)
-        return (mean * self.config.scaling_factor).to(images.dtype)
+        # The shift applies to the sampled latent, as diffusers/ComfyUI normalise after sampling.
+        return ((mean - self.config.shift_factor) * self.config.scaling_factor).to(images.dtype)
 
     def _decode(self, z: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.post_quant_conv(z))
+        if self.post_quant_conv is not None:
+            z = self.post_quant_conv(z)
+        return self.decoder(z)
 
     def decode(
         self, latents: torch.Tensor, *, tile_size: int | None = None, tile_overlap: int = 64
     ) -> torch.Tensor:
-        """Scaled latents -> images (B, 3, 8h, 8w), nominally in -1..1 (not clamped).
+        """Normalised latents -> images (B, 3, 8h, 8w), nominally in -1..1 (not clamped).
+
+        The latents are un-normalised (``latents / scaling_factor + shift_factor``) once, before tiling.
 
         ``tile_size``/``tile_overlap`` are in image pixels (ComfyUI's VAEDecodeTiled convention: 512/64)
         and are rounded down to whole latent pixels.
         """
         f = self.config.downscale
-        z = latents.to(self.dtype) / self.config.scaling_factor
+        z = (latents.float() / self.config.scaling_factor + self.config.shift_factor).to(self.dtype)
         if tile_size is not None and max(z.shape[-2:]) * f > tile_size:
             tile, overlap = max(1, tile_size // f), tile_overlap // f
             if overlap >= tile:
@@ -357,50 +388,3 @@ class AutoencoderKL(nn.Module):
         else:
             out = self._decode(z)
         return out.to(latents.dtype)
-
-
-def vae_config_from_state_dict(
-    sd: Mapping[str, torch.Tensor], *, scaling_factor: float = 0.18215
-) -> VAEConfig:
-    """Infer a `VAEConfig` from weights (keys without ``first_stage_model.``). The scale factor is not
-    stored in the weights: SD1/SD2 use 0.18215, SDXL 0.13025; pass it."""
-
-    def need(key: str) -> torch.Tensor:
-        if key not in sd:
-            sample = ", ".join(sorted(sd)[:5])
-            raise ValueError(
-                f"not an AutoencoderKL state dict: key {key!r} is missing (first keys: {sample}). "
-                "Strip the 'first_stage_model.' prefix (or a standalone VAE file's own prefix) first."
-            )
-        return sd[key]
-
-    conv_in = need("encoder.conv_in.weight")
-    ch, in_channels = int(conv_in.shape[0]), int(conv_in.shape[1])
-    levels = 0
-    while f"encoder.down.{levels}.block.0.conv1.weight" in sd:
-        levels += 1
-    if levels == 0:
-        need("encoder.down.0.block.0.conv1.weight")
-    ch_mult = tuple(int(sd[f"encoder.down.{i}.block.0.conv1.weight"].shape[0]) // ch for i in range(levels))
-    nrb = 0
-    while f"encoder.down.0.block.{nrb}.conv1.weight" in sd:
-        nrb += 1
-    if f"decoder.up.0.block.{nrb}.conv1.weight" not in sd:
-        raise ValueError(
-            f"decoder.up.0.block.{nrb}.conv1.weight missing: the decoder must have one res block more "
-            f"per level than the encoder ({nrb})"
-        )
-    z_channels = int(need("decoder.conv_in.weight").shape[1])
-    enc_out = int(need("encoder.conv_out.weight").shape[0])
-    embed_dim = int(need("post_quant_conv.weight").shape[1])
-    return VAEConfig(
-        in_channels=in_channels,
-        out_channels=int(need("decoder.conv_out.weight").shape[0]),
-        ch=ch,
-        ch_mult=ch_mult,
-        num_res_blocks=nrb,
-        z_channels=z_channels,
-        embed_dim=embed_dim,
-        double_z=enc_out == 2 * z_channels,
-        scaling_factor=scaling_factor,
-    )

@@ -17,6 +17,7 @@ Loading is safe: safetensors, or ``torch.load(weights_only=True)`` which refuses
 from __future__ import annotations
 
 import os
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -102,6 +103,25 @@ def parse_embedding_file(data: object, *, path: Path, name: str) -> TextualInver
     return TextualInversion(name=name, path=path, vectors=vectors)
 
 
+class EmbeddingRefusedError(EmbeddingError):
+    """An embedding pickle holds Python objects other than tensors, so it was not unpickled."""
+
+
+def _refusal(exc: Exception, *, name: str, path: Path) -> EmbeddingRefusedError | None:
+    """The error for a pickle that ``torch.load(weights_only=True)`` refused, None for other failures."""
+    text = str(exc)
+    if not isinstance(exc, pickle.UnpicklingError) or "weights only" not in text.lower():
+        return None
+    # torch's own text tells how to load the file unsafely; only the offending global is worth quoting.
+    culprit = next((line.strip() for line in text.splitlines() if "Unsupported" in line), "")
+    culprit = culprit.removeprefix("WeightsUnpickler error: ").split(" was not an allowed")[0]
+    return EmbeddingRefusedError(
+        f"embedding '{name}' ({path}) was refused: the file holds pickled Python objects besides "
+        f"tensors{f' ({culprit})' if culprit else ''}, and unpickling them could run code, so it was "
+        "not loaded; re-save the embedding as .safetensors with a tool you trust"
+    )
+
+
 def read_embedding_file(path: Path, *, name: str | None = None) -> TextualInversion:
     name = name or path.stem
     try:
@@ -112,6 +132,9 @@ def read_embedding_file(path: Path, *, name: str | None = None) -> TextualInvers
         else:
             data = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # the loaders raise many types; all mean "cannot read this file safely"
+        refused = _refusal(exc, name=name, path=path)
+        if refused is not None:
+            raise refused from None
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise EmbeddingError(
             f"could not load embedding '{name}' from {path}: {reason} Only tensors can be loaded (no pickled "

@@ -62,11 +62,14 @@ class TowerSpec:
     pad_token_id: int
     default_layer: int  # ComfyUI layer index: -1 last, -2 penultimate
     final_norm_on_hidden: bool  # apply the final layer norm to the selected hidden state
-    pooled: bool  # this tower provides the family's pooled output (needs a text projection)
+    pooled: bool  # this tower provides the family's pooled output
     # Layers cut off the top of the tower when it was saved (diffusers' SD2 text encoder keeps 23 of the
     # 24 ViT-H layers, since SD2 only uses the penultimate one). Layer indices stay relative to the full
     # tower, so defaults and clip skip mean the same as for a complete one.
     removed_top_layers: int = 0
+    # The pooled output goes through the text projection (SDXL's bigG). SD3 and Flux pool CLIP-L without
+    # it (ComfyUI's ``return_projected_pooled=False``): the final-norm state at the first EOS.
+    projected_pooled: bool = True
 
 
 _CLIP_L_SD1 = TowerSpec("clip_l", EOS_TOKEN_ID, -1, True, False)
@@ -151,7 +154,11 @@ class SDTextEncoder(nn.Module):
         self.towers = nn.ModuleDict(dict(towers))
         self.tokenizer = tokenizer if tokenizer is not None else load_clip_tokenizer()
         for spec in self.specs:
-            if spec.pooled and not hasattr(self.towers[spec.key], "text_projection"):
+            if (
+                spec.pooled
+                and spec.projected_pooled
+                and not hasattr(self.towers[spec.key], "text_projection")
+            ):
                 raise ValueError(
                     f"{family}: the '{spec.key}' tower provides the pooled output and needs a text "
                     "projection (build it with build_openclip_text_model)"
@@ -193,6 +200,8 @@ class SDTextEncoder(nn.Module):
     @property
     def pooled_dim(self) -> int | None:
         for spec in self.specs:
+            if spec.pooled and not spec.projected_pooled:
+                return self._width(spec.key)
             if spec.pooled:
                 projection: nn.Linear = getattr(self.towers[spec.key], "text_projection")  # noqa: B009
                 return int(projection.weight.shape[0])
@@ -298,8 +307,11 @@ class SDTextEncoder(nn.Module):
         if final is not None:
             # The first chunk's end-of-text token (ComfyUI and SGM take the first EOS position).
             eos = next(i for i, t in enumerate(rows[0]) if t == EOS_TOKEN_ID)
-            projection: nn.Linear = getattr(self.towers[spec.key], "text_projection")  # noqa: B009
-            pooled = projection(final[0:1, eos]).float()
+            pooled = final[0:1, eos]
+            if spec.projected_pooled:
+                projection: nn.Linear = getattr(self.towers[spec.key], "text_projection")  # noqa: B009
+                pooled = projection(pooled)
+            pooled = pooled.float()
         return cond, pooled
 
     def _forward(

@@ -35,6 +35,8 @@ from .tokenizer import BOS_TOKEN_ID, EOS_TOKEN_ID
 if TYPE_CHECKING:
     from transformers import CLIPTokenizer
 
+    from .t5_tokenizer import T5Tokenizer
+
 CHUNK_LENGTH = 77  # CLIP's context length (positional embeddings)
 EMBEDDING_PREFIX = "embedding:"
 # A group at least this long may be split across two chunks; shorter ones are kept together.
@@ -150,15 +152,19 @@ def _split_embedding_refs(segment: str) -> list[str]:
 
 def tokenize_prompt(
     prompt: str,
-    tokenizer: CLIPTokenizer,
+    tokenizer: CLIPTokenizer | T5Tokenizer,
     *,
     resolve_embedding: EmbeddingResolver | None = None,
+    has_start_token: bool = True,
 ) -> TokenizedPrompt:
     """Parse weights and embedding references and tokenize each piece (without BOS/EOS).
 
     ``resolve_embedding``: None treats ``embedding:name`` as plain text (as ComfyUI does without an
     embeddings folder); otherwise it is asked for the number of vectors of each referenced name.
+    ``has_start_token``: whether the tokenizer puts a start token before the ids (CLIP does, T5 only
+    appends ``</s>``).
     """
+    first = 1 if has_start_token else 0
     result = TokenizedPrompt(groups=[])
     for segment, weight in parse_prompt_weights(prompt):
         for piece in _split_embedding_refs(segment):
@@ -185,7 +191,7 @@ def tokenize_prompt(
                     continue
             ids = tokenizer(text, truncation=False, verbose=False)["input_ids"]
             # The tokenizer adds BOS/EOS; the chunker adds its own per chunk.
-            body = [int(t) for t in ids[1:-1]]
+            body = [int(t) for t in ids[first:-1]]
             if body:
                 result.groups.append([(t, weight) for t in body])
     return result

@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 from engine.diffusion.checkpoints.detect import ModelFamily, detect_checkpoint
 from engine.diffusion.checkpoints.io import CheckpointError
 from engine.diffusion.checkpoints.loader import load_checkpoint
-from engine.diffusion.checkpoints.synthetic import tiny_single_file_state_dict, write_tiny_checkpoint
+from tests.factories.checkpoints import tiny_single_file_state_dict, write_tiny_checkpoint
 
 F = ModelFamily
 

@@ -13,6 +13,7 @@ import diffusers.loaders.single_file_utils as sfu
 import pytest
 import torch
 
+from engine.diffusion.checkpoints import clip_text as ct
 from engine.diffusion.checkpoints import diffusers_layout as dl
 
 
@@ -155,7 +156,7 @@ def test_ckpt_openclip_mapping_matches_diffusers_conversion() -> None:
     )
     model = CLIPTextModelWithProjection(cfg)
     hf = {k: v for k, v in _randomise(model, seed=4).items() if not k.endswith("position_ids")}
-    oc = dl.hf_clip_to_openclip(hf)
+    oc = ct.hf_to_openclip(hf)
     assert oc["transformer.resblocks.1.attn.in_proj_weight"].shape == (96, 32)
     assert oc["text_projection"].shape == (32, 24)  # (width, proj): applied as x @ P
     assert oc["positional_embedding"].shape == (77, 32)
@@ -166,7 +167,7 @@ def test_ckpt_openclip_mapping_matches_diffusers_conversion() -> None:
     for k, v in hf.items():
         assert torch.equal(back[k], v), k
 
-    inv = dl.openclip_to_hf_clip({**oc, "logit_scale": torch.tensor(1.0)})
+    inv = ct.openclip_to_hf({**oc, "logit_scale": torch.tensor(1.0)})
     assert set(inv) == set(hf)
     assert all(torch.equal(inv[k], v) for k, v in hf.items())
 

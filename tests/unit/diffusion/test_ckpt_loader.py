@@ -12,7 +12,9 @@ from engine.diffusion.checkpoints import diffusers_layout as dl
 from engine.diffusion.checkpoints.detect import ModelFamily
 from engine.diffusion.checkpoints.io import CheckpointError
 from engine.diffusion.checkpoints.loader import load_checkpoint, load_diffusers_folder, load_vae
-from engine.diffusion.checkpoints.synthetic import write_tiny_checkpoint
+from tests.factories.checkpoints import write_tiny_checkpoint
+
+pytestmark = pytest.mark.slow
 
 F = ModelFamily
 

@@ -5,13 +5,15 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import pytest
 import torch
 
 from engine.diffusion.checkpoints.detect import ModelFamily
 from engine.diffusion.checkpoints.io import read_state_dict
-from engine.diffusion.checkpoints.synthetic import _stream_safetensors, sd15_shapes, write_tiny_checkpoint
+from tests.factories.checkpoints import _stream_safetensors, sd15_shapes, write_tiny_checkpoint
 
 
+@pytest.mark.slow
 def test_ckpt_tiny_files_are_deterministic(tmp_path: Path) -> None:
     a = write_tiny_checkpoint(tmp_path / "a.safetensors", ModelFamily.SD2, seed=3)
     b = write_tiny_checkpoint(tmp_path / "b.safetensors", ModelFamily.SD2, seed=3)

@@ -14,7 +14,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from engine.diffusion.text.clip_models import build_clip_text_model, build_clip_text_model_with_projection
+from engine.diffusion.checkpoints.clip_text import (
+    build_clip_text_model,
+    build_clip_text_model_with_projection,
+)
 from engine.diffusion.text.embeddings import EmbeddingError, EmbeddingLibrary
 from engine.diffusion.text.encoder import SDTextEncoder
 from engine.diffusion.text.tokenizer import load_clip_tokenizer

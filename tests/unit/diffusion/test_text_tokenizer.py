@@ -62,6 +62,7 @@ def test_loader_caches_in_the_object() -> None:
     assert ClipTokenizerLoader().load() is not loader.load()  # no hidden module-level cache
 
 
+@pytest.mark.slow
 def test_never_imports_the_clip_package() -> None:
     code = (
         "import sys, engine.diffusion.text.tokenizer as t; "

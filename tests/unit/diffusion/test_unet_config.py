@@ -7,7 +7,12 @@ import dataclasses
 import pytest
 import torch
 
-from engine.diffusion.models.unet import UNetConfig, UNetModel, unet_config_from_state_dict
+from engine.diffusion.checkpoints.detect_unet import (
+    controlnet_config_from_state_dict,
+    unet_config_from_state_dict,
+)
+from engine.diffusion.models.controlnet import ControlNetModel
+from engine.diffusion.models.unet import UNetConfig, UNetModel
 
 
 def meta_state_dict(cfg: UNetConfig) -> dict[str, torch.Tensor]:
@@ -139,6 +144,35 @@ def test_config_inferred_for_pruned_variants(name: str) -> None:
     assert inferred == cfg
     # and the inferred config rebuilds exactly the same parameter shapes
     rebuilt = meta_state_dict(inferred)
+    assert {k: v.shape for k, v in rebuilt.items()} == {k: v.shape for k, v in sd.items()}
+
+
+ENCODER_FIELDS = (
+    "in_channels",
+    "model_channels",
+    "channel_mult",
+    "num_res_blocks",
+    "transformer_depth",
+    "transformer_depth_middle",
+    "context_dim",
+    "num_heads",
+    "num_head_channels",
+    "use_linear_in_transformer",
+    "adm_in_channels",
+)
+
+
+@pytest.mark.parametrize("name", ["sd15", "sdxl", "ssd-1b", "uneven"])
+def test_controlnet_config_reads_the_encoder_as_the_unet_does(name: str) -> None:
+    """A ControlNet is the UNet's encoder: its config comes from the same reader, output side empty."""
+    cfg = FULL[name][0] if name in FULL else PRUNED[name]
+    sd = ControlNetModel(cfg, hint_channels=3, device="meta").state_dict()
+    heads = {} if name in FULL else {"num_heads": cfg.num_heads, "num_head_channels": cfg.num_head_channels}
+    inferred, hint_channels = controlnet_config_from_state_dict(sd, **heads)
+    assert hint_channels == 3
+    assert {f: getattr(inferred, f) for f in ENCODER_FIELDS} == {f: getattr(cfg, f) for f in ENCODER_FIELDS}
+    assert not any(inferred.transformer_depth_output)
+    rebuilt = ControlNetModel(inferred, hint_channels=3, device="meta").state_dict()
     assert {k: v.shape for k, v in rebuilt.items()} == {k: v.shape for k, v in sd.items()}
 
 

@@ -11,6 +11,8 @@ import torch
 
 from engine.diffusion.models.unet import UNetConfig, UNetModel
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def model() -> UNetModel:

@@ -8,11 +8,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from engine.diffusion.checkpoints.detect_vae import vae_config_from_state_dict
 from engine.diffusion.models.vae import (
     AutoencoderKL,
     VAEConfig,
     _run_tiled,
-    vae_config_from_state_dict,
 )
 
 
@@ -106,6 +106,7 @@ def column_jumps(img: torch.Tensor) -> torch.Tensor:
     return torch.cat([cols, rows])
 
 
+@pytest.mark.slow
 def test_tiled_decode_is_close_and_seamless(vae: AutoencoderKL) -> None:
     z = torch.randn(1, 4, 48, 48, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
@@ -131,6 +132,7 @@ def test_tiled_decode_is_close_and_seamless(vae: AutoencoderKL) -> None:
     assert tiled_excess < 0.25  # ... and the feathered blend leaves none
 
 
+@pytest.mark.slow
 def test_tiled_encode_is_close(vae: AutoencoderKL) -> None:
     x = torch.rand(1, 3, 96, 96, generator=torch.Generator().manual_seed(2)) * 2 - 1
     with torch.no_grad():

@@ -2,8 +2,8 @@
 Adversarial Networks", §3.1) and Real-ESRGAN (Wang et al. 2021).
 
 Parameter names follow the "new" BasicSR layout (``conv_first``, ``body.N.rdb1.conv1``, ``conv_body``,
-``conv_up1``, ``conv_up2``, ``conv_hr``, ``conv_last``); ``old_to_new_keys`` converts the original ESRGAN
-layout (``model.0``, ``model.1.sub.N.RDB1.conv1.0``, ``model.1.sub.{nb}``, ``model.3``...).
+``conv_up1``, ``conv_up2``, ``conv_hr``, ``conv_last``); ``engine.diffusion.checkpoints.upscalers``
+converts the original ESRGAN layout (``model.0``, ``model.1.sub.N.RDB1.conv1.0``, ``model.1.sub.{nb}``, ``model.3``...).
 
 Scales: 4 = two nearest-neighbour 2x upsamplings with convs (2x: one, 8x: three); Real-ESRGAN's x2 and x1
 models run the x4 network on a pixel-unshuffled input (2x2 resp. 4x4 blocks folded into channels), so
@@ -104,31 +104,3 @@ class RRDBNet(nn.Module):
             conv = getattr(self, f"conv_up{i + 1}")
             feat = F.leaky_relu(conv(F.interpolate(feat, scale_factor=2.0, mode="nearest")), 0.2)
         return self.conv_last(F.leaky_relu(self.conv_hr(feat), 0.2))
-
-
-def old_to_new_keys(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Original ESRGAN key layout -> BasicSR names.
-
-    Old layout (``model`` Sequential): 0 conv_first; 1.sub.i.RDBk.convj.0 the RRDB trunk and 1.sub.{nb}
-    conv_body; then an upsampling conv every 3 indices starting at 3 (3, 6[, 9]), conv_hr and conv_last as
-    the last two convs."""
-    convs = sorted({int(k.split(".")[1]) for k in sd if k.startswith("model.") and k.split(".")[1].isdigit()})
-    nb = 1 + max(int(k.split(".")[3]) for k in sd if k.startswith("model.1.sub.") and ".RDB" in k)
-    top = [c for c in convs if c >= 2 and f"model.{c}.weight" in sd]
-    *ups, hr, last = top
-    names = {0: "conv_first", hr: "conv_hr", last: "conv_last"}
-    for i, c in enumerate(ups):
-        names[c] = f"conv_up{i + 1}"
-    out: dict[str, torch.Tensor] = {}
-    for k, v in sd.items():
-        parts = k.split(".")
-        if parts[1] == "1" and parts[2] == "sub":
-            idx = int(parts[3])
-            if idx == nb:
-                out[f"conv_body.{parts[-1]}"] = v
-            else:
-                rdb, conv = parts[4].lower(), parts[5]
-                out[f"body.{idx}.{rdb}.{conv}.{parts[-1]}"] = v
-        else:
-            out[f"{names[int(parts[1])]}.{parts[-1]}"] = v
-    return out

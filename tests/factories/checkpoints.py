@@ -1,8 +1,12 @@
 """Deterministic random-weight checkpoints in the real file layouts, for tests and benchmarks.
 
+Test-only code, kept out of the ``engine`` package: tests import it as ``tests.factories.checkpoints``
+(pytest runs from the repository root, which ``pythonpath`` in pyproject.toml puts on ``sys.path``);
+benchmark scripts put the repository root on ``sys.path`` before importing it.
+
 ``write_tiny_checkpoint`` writes a small model of a given family as a single ``.safetensors`` file
-in the original layout (see ``detect.py`` for the prefixes) or as a diffusers model folder, from a
-seed. ``write_full_size_sd15`` streams a full-size SD1.5-architecture file (~2 GB in fp16) without
+in the original layout (see ``engine/diffusion/checkpoints/spec.py`` for the prefixes) or as a
+diffusers model folder, from a seed. ``write_full_size_sd15`` streams a full-size SD1.5-architecture file (~2 GB in fp16) without
 holding the model in memory.
 
 Shapes come from our own models built on the ``meta`` device (``UNetConfig``/``VAEConfig`` tiny
@@ -11,8 +15,9 @@ presets), text encoders follow the Hugging Face CLIP layout (``text_model.embedd
 are scaled so that tiny forward passes stay numerically tame: matrices ~ N(0, 1/fan_in), 1-D
 weights (all norms) ~ 1 + N(0, 0.05^2), biases ~ N(0, 0.02^2), embeddings ~ N(0, 0.02^2).
 
-The SD2 eps/v distinction is emulated the way real files show it (see ``detect.py``): v-prediction
-files get a wider spread in the last output attention's ``norm1.bias``.
+The SD2 eps/v distinction is emulated the way real files show it (see
+``engine/diffusion/checkpoints/detect_prediction.py``): v-prediction files get a wider spread in the
+last output attention's ``norm1.bias``.
 """
 
 from __future__ import annotations
@@ -27,9 +32,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import save_file
 
-from . import diffusers_layout as dl
-from .detect import (
+from engine.diffusion.checkpoints import diffusers_layout as dl
+from engine.diffusion.checkpoints.clip_text import hf_to_openclip
+from engine.diffusion.checkpoints.spec import (
     SD1_CLIP_PREFIX,
     SD2_OPENCLIP_PREFIX,
     SDXL_CLIP_G_PREFIX,
@@ -40,6 +47,8 @@ from .detect import (
     ModelFamily,
     vae_scaling_factor,
 )
+from engine.diffusion.models.unet import UNetConfig, UNetModel
+from engine.diffusion.models.vae import AutoencoderKL, VAEConfig
 
 CLIP_VOCAB = 49408  # the tokenizer's ids go up to 49407, so even tiny towers keep the full vocabulary
 CLIP_POSITIONS = 77
@@ -113,9 +122,6 @@ def random_state_dict(
 
 def tiny_family_parts(family: ModelFamily, *, inpaint: bool = False) -> tuple[Any, Any, list[TextTower]]:
     """(UNetConfig, VAEConfig, text towers) of the tiny model of ``family``."""
-    from engine.diffusion.models.unet import UNetConfig
-    from engine.diffusion.models.vae import VAEConfig
-
     in_ch = 9 if inpaint else 4
     vae = VAEConfig.tiny(scaling_factor=vae_scaling_factor(family))
     if family is ModelFamily.SD1:
@@ -154,14 +160,10 @@ def _module_shapes(module: torch.nn.Module) -> dict[str, tuple[int, ...]]:
 
 
 def unet_shapes(config: Any) -> dict[str, tuple[int, ...]]:
-    from engine.diffusion.models.unet import UNetModel
-
     return _module_shapes(UNetModel(config, device="meta"))
 
 
 def vae_shapes(config: Any) -> dict[str, tuple[int, ...]]:
-    from engine.diffusion.models.vae import AutoencoderKL
-
     return _module_shapes(AutoencoderKL(config, device="meta"))
 
 
@@ -217,7 +219,7 @@ def tiny_single_file_state_dict(
             if tower.prefix == SD1_CLIP_PREFIX:
                 sd[tower.prefix + "embeddings.position_ids"] = torch.arange(CLIP_POSITIONS).unsqueeze(0)
         else:
-            sd.update(dl.add_prefix(dl.hf_clip_to_openclip(hf), tower.prefix))
+            sd.update(dl.add_prefix(hf_to_openclip(hf), tower.prefix))
     return sd
 
 
@@ -249,8 +251,6 @@ def write_tiny_checkpoint(
     if p.suffix.lower() in (".ckpt", ".pt", ".pth"):
         torch.save({"state_dict": sd, "global_step": 0}, p)
     else:
-        from safetensors.torch import save_file
-
         save_file(sd, str(p), metadata={"format": "pt", **(metadata or {})})
     return p
 
@@ -338,8 +338,6 @@ def clip_text_config_json(
 
 
 def _save_component(folder: Path, filename: str, sd: dict[str, torch.Tensor], config: dict[str, Any]) -> None:
-    from safetensors.torch import save_file
-
     folder.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in sd.items()}, str(folder / filename), metadata={"format": "pt"})
     (folder / "config.json").write_text(json.dumps(config, indent=2))
@@ -418,9 +416,6 @@ def _write_diffusers_folder(
 
 def sd15_shapes() -> dict[str, tuple[int, ...]]:
     """All keys and shapes of an SD1.5 single-file checkpoint (UNet, VAE, CLIP ViT-L)."""
-    from engine.diffusion.models.unet import UNetConfig
-    from engine.diffusion.models.vae import VAEConfig
-
     shapes = {UNET_PREFIX + k: v for k, v in unet_shapes(UNetConfig.sd15()).items()}
     shapes.update({VAE_PREFIX + k: v for k, v in vae_shapes(VAEConfig.sd()).items()})
     text = clip_text_shapes(768, 12)

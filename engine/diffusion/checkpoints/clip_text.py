@@ -1,4 +1,5 @@
-"""CLIP text towers as ``transformers`` models, built from checkpoint state dicts.
+"""CLIP text towers as ``transformers`` models, built from checkpoint state dicts, and the one
+conversion between the two key layouts (``openclip_to_hf`` / ``hf_to_openclip``).
 
 Two key layouts occur in Stable Diffusion checkpoints:
 
@@ -13,7 +14,9 @@ Two key layouts occur in Stable Diffusion checkpoints:
   ``...ln_1/ln_2``, ``...mlp.c_fc/c_proj``, ``ln_final.*``, ``text_projection`` (width x proj, applied as
   ``x @ text_projection``, hence transposed for HF's ``nn.Linear`` weight).
 
-Functions here take state dicts *without* the checkpoint prefix. Models are built on the ``meta`` device
+diffusers folders store the OpenCLIP towers in the HF layout (``CLIPTextModel(WithProjection)``), which
+``hf_to_openclip`` maps back to the single-file layout. Functions here take state dicts *without* the
+checkpoint prefix. Models are built on the ``meta`` device
 and the checkpoint tensors are assigned (``load_state_dict(assign=True)``), so no random initialisation
 happens and, when the tensors already have the target dtype, no copy is made either.
 
@@ -177,6 +180,50 @@ def openclip_to_hf(openclip_sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
             f"OpenCLIP text encoder: unrecognised keys {unknown[:10]}"
             f"{' ...' if len(unknown) > 10 else ''}; expected the text tower with the checkpoint prefix "
             "(e.g. 'conditioner.embedders.1.model.') removed"
+        )
+    return out
+
+
+# Per-layer renames OpenCLIP ResidualAttentionBlock -> HF CLIPEncoderLayer (module level, no param).
+_HF_TO_OPENCLIP_LAYER = {
+    hf.rsplit(".", 1)[0]: oc.rsplit(".", 1)[0] for oc, hf in _OPENCLIP_BLOCK_PARTS.items()
+}
+_HF_LAYER_PARAM = re.compile(r"^text_model\.encoder\.layers\.(\d+)\.(.+)\.(weight|bias)$")
+_HF_TO_OPENCLIP_TOP = {hf: oc for oc, hf in _OPENCLIP_TOP.items()}
+
+
+def hf_to_openclip(hf_sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """HF ``CLIPTextModel``/``CLIPTextModelWithProjection`` keys -> OpenCLIP text-tower keys (the inverse
+    of :func:`openclip_to_hf`, for diffusers folders).
+
+    q, k and v projections are stacked (in that order) into ``attn.in_proj_weight``/``_bias``, as
+    ``torch.nn.MultiheadAttention`` stores them; the projection ``Linear`` weight is transposed into
+    OpenCLIP's ``text_projection`` matrix. Unknown keys raise.
+    """
+    out: dict[str, Tensor] = {}
+    qkv: dict[tuple[str, str], dict[str, Tensor]] = {}
+    for key, value in hf_sd.items():
+        if key == _HF_POSITION_IDS:
+            continue  # a buffer (arange), not a weight
+        if key in _HF_TO_OPENCLIP_TOP:
+            out[_HF_TO_OPENCLIP_TOP[key]] = value
+        elif key == _HF_PROJECTION:
+            out["text_projection"] = value.t().contiguous()
+        elif (m := _HF_LAYER_PARAM.match(key)) is None:
+            raise TextEncoderWeightsError(f"HF CLIP text model: unexpected key {key!r}")
+        elif m.group(2) in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"):
+            qkv.setdefault((m.group(1), m.group(3)), {})[m.group(2)[10]] = value
+        elif m.group(2) in _HF_TO_OPENCLIP_LAYER:
+            out[f"transformer.resblocks.{m.group(1)}.{_HF_TO_OPENCLIP_LAYER[m.group(2)]}.{m.group(3)}"] = (
+                value
+            )
+        else:
+            raise TextEncoderWeightsError(f"HF CLIP text model: unexpected key {key!r}")
+    for (i, param), parts in qkv.items():
+        if set(parts) != {"q", "k", "v"}:
+            raise TextEncoderWeightsError(f"HF CLIP text model: layer {i} lacks some of q/k/v_proj.{param}")
+        out[f"transformer.resblocks.{i}.attn.in_proj_{param}"] = torch.cat(
+            [parts["q"], parts["k"], parts["v"]], 0
         )
     return out
 

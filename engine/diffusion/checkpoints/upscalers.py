@@ -1,4 +1,5 @@
-"""Recognise a super-resolution state dict (architecture, scale, channels) and build the model."""
+"""Super-resolution model files: recognise the architecture, scale and channels from a state dict
+(both ESRGAN key layouts, Real-ESRGAN compact) and build the model from ``models.upscalers``."""
 
 from __future__ import annotations
 
@@ -10,10 +11,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from engine.diffusion.checkpoints.io import read_state_dict
+from engine.diffusion.models.upscalers import RRDBNet, SRVGGNetCompact
 
-from .rrdbnet import RRDBNet, old_to_new_keys
-from .srvgg import SRVGGNetCompact
+from .io import read_state_dict
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,34 @@ def _strip(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     if all(k.startswith("module.") for k in sd):
         sd = {k[len("module.") :]: v for k, v in sd.items()}
     return dict(sd)
+
+
+def old_to_new_keys(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Original ESRGAN key layout -> BasicSR names.
+
+    Old layout (``model`` Sequential): 0 conv_first; 1.sub.i.RDBk.convj.0 the RRDB trunk and 1.sub.{nb}
+    conv_body; then an upsampling conv every 3 indices starting at 3 (3, 6[, 9]), conv_hr and conv_last as
+    the last two convs."""
+    convs = sorted({int(k.split(".")[1]) for k in sd if k.startswith("model.") and k.split(".")[1].isdigit()})
+    nb = 1 + max(int(k.split(".")[3]) for k in sd if k.startswith("model.1.sub.") and ".RDB" in k)
+    top = [c for c in convs if c >= 2 and f"model.{c}.weight" in sd]
+    *ups, hr, last = top
+    names = {0: "conv_first", hr: "conv_hr", last: "conv_last"}
+    for i, c in enumerate(ups):
+        names[c] = f"conv_up{i + 1}"
+    out: dict[str, torch.Tensor] = {}
+    for k, v in sd.items():
+        parts = k.split(".")
+        if parts[1] == "1" and parts[2] == "sub":
+            idx = int(parts[3])
+            if idx == nb:
+                out[f"conv_body.{parts[-1]}"] = v
+            else:
+                rdb, conv = parts[4].lower(), parts[5]
+                out[f"body.{idx}.{rdb}.{conv}.{parts[-1]}"] = v
+        else:
+            out[f"{names[int(parts[1])]}.{parts[-1]}"] = v
+    return out
 
 
 def detect_upscaler(sd: dict[str, torch.Tensor]) -> tuple[UpscalerSpec, dict[str, torch.Tensor]]:

@@ -1,15 +1,17 @@
-"""Building transformers CLIP text models from HF- and OpenCLIP-layout state dicts."""
+"""Building transformers CLIP text models from HF- and OpenCLIP-layout state dicts, and the one
+OpenCLIP <-> HF key conversion (checkpoints.clip_text)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from engine.diffusion.text.clip_models import (
+from engine.diffusion.checkpoints.clip_text import (
     TextEncoderWeightsError,
     build_clip_text_model,
     build_openclip_text_model,
     clip_text_config_from_state_dict,
+    hf_to_openclip,
     openclip_to_hf,
 )
 
@@ -74,6 +76,19 @@ def test_openclip_to_hf_mapping() -> None:
         hf[layer + "self_attn.k_proj.weight"].untyped_storage().data_ptr()
         == in_proj.untyped_storage().data_ptr()
     )
+
+
+def test_openclip_layout_round_trips_through_hf() -> None:
+    """hf_to_openclip inverts openclip_to_hf (single files <-> diffusers folders use the same pair)."""
+    sd = openclip_text_sd(width=64, layers=3)
+    back = hf_to_openclip(openclip_to_hf(sd))
+    assert back.keys() == sd.keys() - {"logit_scale"}
+    assert all(torch.equal(back[k], sd[k]) for k in back)
+    hf = openclip_to_hf(sd)
+    with pytest.raises(TextEncoderWeightsError, match="lacks some of q/k/v_proj.bias"):
+        hf_to_openclip({k: v for k, v in hf.items() if not k.endswith("layers.2.self_attn.q_proj.bias")})
+    with pytest.raises(TextEncoderWeightsError, match="unexpected key 'text_model.pooler.weight'"):
+        hf_to_openclip({**hf, "text_model.pooler.weight": torch.zeros(1)})
 
 
 def test_openclip_unknown_key_is_reported() -> None:

@@ -1,0 +1,1 @@
+"""Builders of test inputs shared by tests and benchmarks (tiny checkpoints in the real file formats)."""

@@ -26,6 +26,7 @@ from engine.diffusion.sampling.ksampler import sample
 from engine.diffusion.sampling.model_sampling import ModelSamplingDiscrete
 from engine.diffusion.sampling.registry import default_sampler_registry
 from engine.diffusion.sampling.schedulers import karras
+from engine.runtime import sampling_library
 
 
 class CountingZero:
@@ -96,15 +97,42 @@ def bench_unet(steps: int, samplers: list[str]) -> None:
     pos = [[torch.randn(1, 77, 768, generator=g), {}]]
     neg = [[torch.randn(1, 77, 768, generator=g), {}]]
     lat = torch.zeros(1, 4, 32, 32)
+    lib = sampling_library()
     with torch.no_grad():  # warm-up (allocator, kernels)
-        sample(model, None, 1, 7.0, "euler", "karras", pos, neg, lat, seed=0)
+        sample(
+            model,
+            None,
+            1,
+            7.0,
+            "euler",
+            "karras",
+            pos,
+            neg,
+            lat,
+            seed=0,
+            samplers=lib.samplers,
+            schedulers=lib.schedulers,
+        )
     print(f"batch 2 via CFG at 32x32 latent, {steps} steps per run")
     print(f"{'sampler':<20}{'s/step':>10}{'UNet s':>10}{'outside ms/step':>17}{'outside %':>11}")
     for name in samplers:
         timed.seconds, timed.calls = 0.0, 0
         t0 = time.perf_counter()
         with torch.no_grad():
-            sample(model, None, steps, 7.0, name, "karras", pos, neg, lat, seed=1)
+            sample(
+                model,
+                None,
+                steps,
+                7.0,
+                name,
+                "karras",
+                pos,
+                neg,
+                lat,
+                seed=1,
+                samplers=lib.samplers,
+                schedulers=lib.schedulers,
+            )
         total = time.perf_counter() - t0
         outside = total - timed.seconds
         print(

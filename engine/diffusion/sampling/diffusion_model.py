@@ -128,7 +128,8 @@ class DiffusionModel:
             xin.to(device, dtype),
             t.to(device),
             context=None if context is None else context.to(device, dtype),
-            y=None if y is None else y.to(device, dtype),
+            # A network may ask for y in another dtype (the Flux adapter: float32, see flow_models).
+            y=None if y is None else y.to(device, getattr(self.unet, "y_dtype", None) or dtype),
             control=control,
             transformer_options=transformer_options if transformer_options is not None else {},
         )

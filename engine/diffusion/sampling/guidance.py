@@ -201,6 +201,12 @@ class CFGDenoiser:
         max_batch: int | None = None,
     ) -> None:
         self.model = model
+        self._negative_src = negative
+        self._prepare_kw: dict[str, Any] = {
+            "like": like,
+            "latent_image": latent_image,
+            "denoise_mask": denoise_mask,
+        }
         self.cfg = float(cfg)
         self.cfg_function = cfg_function
         self.transformer_options = dict(transformer_options or {})
@@ -230,8 +236,28 @@ class CFGDenoiser:
         return self.model.model_sampling
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        return self._predict(x, sigma, need_uncond=False)[0]
+
+    def with_uncond(self, x: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(guided x0 estimate, unconditional x0 estimate), for the CFG++ samplers (what ComfyUI's
+        post-CFG hook hands them). The negative side is evaluated even at cfg = 1, as ComfyUI does
+        for these samplers (disable_cfg1_optimization); without a negative it predicts zeros."""
+        if self.skip_uncond and not self.negative and self._negative_src:
+            self.negative = prepare_conditioning(self._negative_src, self.model, **self._prepare_kw)
+            for prepared in self.negative:
+                pre_run = getattr(prepared.control, "pre_run", None)
+                if callable(pre_run):
+                    pre_run(self.model.model_sampling)
+        den, uncond = self._predict(x, sigma, need_uncond=True)
+        assert uncond is not None
+        return den, uncond
+
+    def _predict(
+        self, x: torch.Tensor, sigma: torch.Tensor, *, need_uncond: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         s = float(sigma.reshape(-1)[0])
-        sides = [self.positive] if self.skip_uncond else [self.positive, self.negative]
+        skip = self.skip_uncond and not need_uncond
+        sides = [self.positive] if skip else [self.positive, self.negative]
         jobs: list[_Job] = []
         for side, conds in enumerate(sides):
             for c in conds:
@@ -247,11 +273,11 @@ class CFGDenoiser:
             self._combine(x, [(j, r) for j, r in zip(jobs, results, strict=True) if j.side == k])
             for k in range(len(sides))
         ]
-        if self.skip_uncond:
-            return preds[0]
+        if skip:
+            return preds[0], None
         if self.cfg_function is not None:
-            return self.cfg_function(preds[0], preds[1], self.cfg, x, sigma)
-        return preds[1] + (preds[0] - preds[1]) * self.cfg
+            return self.cfg_function(preds[0], preds[1], self.cfg, x, sigma), preds[1]
+        return preds[1] + (preds[0] - preds[1]) * self.cfg, preds[1]
 
     # ---- batching --------------------------------------------------------------------------
     def _run(self, jobs: list[_Job], x: torch.Tensor, sigma: torch.Tensor) -> list[torch.Tensor]:
@@ -363,10 +389,10 @@ class InpaintDenoiser:
     """Keeps the unmasked region on the input latent (ComfyUI's "noise_mask" / SetLatentNoiseMask).
 
     Before each evaluation the unmasked part of x is replaced by the input latent re-noised to the
-    current sigma with the sampling's initial noise, and the unmasked part of the x0 estimate is the
-    input latent itself; so every step keeps the region where mask = 0 on the input's trajectory and
-    the final sigma = 0 result equals the input latent there. ``blend`` applies the same rule to a
-    sampler's output.
+    current sigma with ``noise`` (the sampling's initial noise; ddim: a draw from seed + 1), and the
+    unmasked part of the x0 estimate is the input latent itself; so every step keeps the region where
+    mask = 0 on the input's trajectory. This is all ComfyUI does (KSamplerX0Inpaint): the sampler's
+    final x is not blended again, which matters for soft masks (values between 0 and 1).
     """
 
     def __init__(
@@ -392,3 +418,15 @@ class InpaintDenoiser:
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         out = self.inner(self.blend(x, sigma), sigma)
         return out * self.mask + self.latent_image * self.keep
+
+    def with_uncond(self, x: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Like ``__call__`` plus the inner guider's unconditional estimate, which (as in ComfyUI,
+        where the post-CFG hook runs inside the masked model) is not blended with the input."""
+        inner_with_uncond = getattr(self.inner, "with_uncond", None)
+        xb = self.blend(x, sigma)
+        if inner_with_uncond is None:
+            out = self.inner(xb, sigma)
+            uncond = out
+        else:
+            out, uncond = inner_with_uncond(xb, sigma)
+        return out * self.mask + self.latent_image * self.keep, uncond

@@ -1,9 +1,12 @@
 """Entry points for the KSampler / KSamplerAdvanced / SamplerCustom nodes.
 
-Progress and interrupts: ``callback(step, total, x, x0_pred)`` is called after every model
-evaluation that completes a step (``x0_pred`` is the current clean-latent estimate, for previews).
-To interrupt sampling, raise from the callback (e.g. the executor's InterruptedError): the exception
-propagates out of ``sample``/``sample_custom`` unchanged and nothing is returned.
+Progress and interrupts: ``callback`` is the samplers' own ``StepCallback``: it gets one ``StepInfo``
+(0-based ``index``, ``total``, ``x``, ``denoised`` = the clean-latent estimate, for previews) after each
+step and is handed to the sampler unchanged. To interrupt sampling, raise from the callback (e.g. the
+executor's InterruptedError): the exception propagates out of ``sample``/``sample_custom`` unchanged.
+
+The sampler and scheduler registries are arguments (the runtime's one ``SamplingLibrary``); nothing
+here builds them.
 """
 
 from __future__ import annotations
@@ -16,15 +19,9 @@ import torch
 from .diffusion_model import DiffusionModel
 from .guidance import CFGDenoiser, Conditioning, InpaintDenoiser, prepare_denoise_mask
 from .model_sampling import ModelSampling, is_max_denoise
-from .noise import prepare_noise
-from .registry import (
-    SamplerRegistry,
-    SamplerSpec,
-    SchedulerRegistry,
-    default_sampler_registry,
-    default_scheduler_registry,
-)
-from .samplers._common import StepInfo
+from .noise import inpaint_noise, prepare_noise
+from .registry import SamplerRegistry, SamplerSpec, SchedulerRegistry
+from .samplers._common import StepCallback, StepInfo
 from .schedulers import sigmas_with_denoise
 
 __all__ = [
@@ -33,10 +30,9 @@ __all__ = [
     "ksampler_sigmas",
     "sample",
     "sample_custom",
-    "ProgressCallback",
+    "StepCallback",
+    "StepInfo",
 ]
-
-ProgressCallback = Callable[[int, int, torch.Tensor, torch.Tensor], None]
 
 
 def calculate_sigmas(
@@ -44,12 +40,11 @@ def calculate_sigmas(
     scheduler: str,
     steps: int,
     *,
+    schedulers: SchedulerRegistry,
     sampler: SamplerSpec | None = None,
-    schedulers: SchedulerRegistry | None = None,
 ) -> torch.Tensor:
     """Sigmas for ``steps`` steps of ``scheduler``; for samplers that discard the penultimate sigma
     (dpm_2, uni_pc) compute one step more and drop it, as ComfyUI's KSampler does."""
-    schedulers = schedulers or default_scheduler_registry()
     discard = sampler is not None and sampler.discard_penultimate_sigma
     sig = schedulers.sigmas(scheduler, model_sampling, steps + 1 if discard else steps)
     if discard:
@@ -63,8 +58,8 @@ def ksampler_sigmas(
     steps: int,
     denoise: float = 1.0,
     *,
+    schedulers: SchedulerRegistry,
     sampler: SamplerSpec | None = None,
-    schedulers: SchedulerRegistry | None = None,
 ) -> torch.Tensor:
     """The KSampler schedule including the ``denoise`` fraction (see ``sigmas_with_denoise``)."""
     return sigmas_with_denoise(
@@ -74,23 +69,13 @@ def ksampler_sigmas(
     )
 
 
-def _wrap_callback(callback: ProgressCallback | None) -> Callable[[StepInfo], None] | None:
-    if callback is None:
-        return None
-
-    def cb(info: StepInfo) -> None:
-        callback(info.index, info.total, info.x, info.denoised)
-
-    return cb
-
-
 def sample_custom(
     denoiser: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     sampler: SamplerSpec,
     sigmas: torch.Tensor,
     noise: torch.Tensor,
     latent: torch.Tensor,
-    callback: ProgressCallback | None = None,
+    callback: StepCallback | None = None,
     *,
     noise_mask: torch.Tensor | None = None,
     seed: int = 0,
@@ -102,7 +87,7 @@ def sample_custom(
     ``denoiser`` is a guider such as ``CFGDenoiser`` (it must expose ``model_sampling`` unless one
     is passed). ``noise_mask`` (already shaped like the latent, see ``prepare_denoise_mask``) keeps
     the region where it is 0 on the input latent. Pass zeros as ``noise`` for add_noise = off. Per-step
-    noise of stochastic samplers is derived from ``seed`` on the CPU.
+    noise of stochastic samplers comes from ``seed`` as ComfyUI draws it (``SamplerSpec.make_noise``).
     """
     ms = model_sampling or getattr(denoiser, "model_sampling", None)
     if ms is None:
@@ -112,17 +97,14 @@ def sample_custom(
         return latent.clone()
     noise = noise.to(latent.device, latent.dtype)
     den: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = denoiser
-    inpaint = None
     if noise_mask is not None:
-        inpaint = InpaintDenoiser(denoiser, ms, latent_image=latent, noise=noise, mask=noise_mask)
-        den = inpaint
+        renoise = inpaint_noise(noise, seed) if sampler.random_inpaint_noise else noise
+        den = InpaintDenoiser(denoiser, ms, latent_image=latent, noise=renoise, mask=noise_mask)
     x = ms.noise_scaling(sigmas[0], noise, latent, is_max_denoise(ms, sigmas))
     step_noise = sampler.make_noise(x, sigmas, seed)
-    out = sampler(
-        den, x, sigmas, noise=step_noise, callback=_wrap_callback(callback), **dict(sampler_options or {})
-    )
-    if inpaint is not None:
-        out = inpaint.blend(out, sigmas[-1])
+    # The sampler's result is returned as it is, also when inpainting: the mask already acted on every
+    # model call, and blending the result once more would apply a soft mask's fractional values twice.
+    out = sampler(den, x, sigmas, noise=step_noise, callback=callback, **dict(sampler_options or {}))
     return ms.inverse_noise_scaling(sigmas[-1], out)
 
 
@@ -143,11 +125,11 @@ def sample(
     last_step: int | None = None,
     force_full_denoise: bool = False,
     noise_mask: torch.Tensor | None = None,
-    callback: ProgressCallback | None = None,
+    callback: StepCallback | None = None,
     seed: int = 0,
     batch_inds: Sequence[int] | None = None,
-    samplers: SamplerRegistry | None = None,
-    schedulers: SchedulerRegistry | None = None,
+    samplers: SamplerRegistry,
+    schedulers: SchedulerRegistry,
     transformer_options: dict[str, Any] | None = None,
 ) -> torch.Tensor:
     """KSampler semantics; KSamplerAdvanced maps onto it as add_noise = not disable_noise,
@@ -156,9 +138,9 @@ def sample(
 
     ``noise``: the initial noise, or None to draw it with ``prepare_noise(latent_image, seed,
     batch_inds)``. ``noise_mask``: a LATENT's "noise_mask" at any resolution (1 = repaint).
-    Returns the sampled latent (same shape, dtype and device as ``latent_image``).
+    ``samplers`` / ``schedulers``: where ``sampler_name`` and ``scheduler`` are looked up (the
+    runtime's library). Returns the sampled latent (same shape, dtype and device as ``latent_image``).
     """
-    samplers = samplers or default_sampler_registry()
     spec = samplers.get(sampler_name)
     ms = model.model_sampling
     sigmas = ksampler_sigmas(ms, scheduler, steps, denoise, sampler=spec, schedulers=schedulers)

@@ -191,11 +191,42 @@ class ModelSamplingDiscrete(ModelSampling):
         return float(self.sigma(torch.tensor((1.0 - percent) * (self.num_timesteps - 1))))
 
 
+def time_snr_shift(shift: float, t: torch.Tensor) -> torch.Tensor:
+    """SD3's timestep shift (Esser et al. 2024, eq. 23): shift·t / (1 + (shift − 1)·t), t in 0..1."""
+    if shift == 1.0:
+        return t
+    return shift * t / (1.0 + (shift - 1.0) * t)
+
+
+def flux_time_shift(mu: float, t: torch.Tensor, exponent: float = 1.0) -> torch.Tensor:
+    """FLUX.1's exponential shift: e^mu / (e^mu + (1/t − 1)^exponent), t in (0, 1]."""
+    return math.exp(mu) / (math.exp(mu) + (1.0 / t - 1.0) ** exponent)
+
+
+# ModelSamplingFlux's resolution rule: mu grows linearly with the image-token count (2x2 patches of
+# 8x-downscaled latents), base_shift at 256 tokens, max_shift at 4096 (1024x1024).
+FLUX_SHIFT_TOKENS = (256, 4096)
+
+
+def flux_shift_for_resolution(
+    width: int, height: int, *, base_shift: float = 0.5, max_shift: float = 1.15
+) -> float:
+    """``mu`` for a width x height (pixel) image, as ComfyUI's ModelSamplingFlux node computes it."""
+    lo, hi = FLUX_SHIFT_TOKENS
+    slope = (max_shift - base_shift) / (hi - lo)
+    tokens = width * height / (8 * 8 * 2 * 2)
+    return tokens * slope + (base_shift - slope * lo)
+
+
 class ModelSamplingFlow(ModelSampling):
     """Rectified-flow schedule with a timestep shift (Esser et al. 2024, SD3, eq. 23).
 
     sigma(t) = shift·t / (1 + (shift − 1)·t) for t = timestep / multiplier in (0, 1]; shift > 1
-    spends more steps at high noise, which higher resolutions need.
+    spends more steps at high noise, which higher resolutions need. The network sees
+    ``timestep = sigma * multiplier``: 1000 for SD3 (shift 3.0 by default), 1.0 for AuraFlow (shift
+    1.73) and FLUX.1 schnell (shift 1.0). The sigma table has ``num_timesteps`` entries at
+    t = i / num_timesteps, i = 1..num_timesteps, whatever the multiplier (as ComfyUI's
+    ModelSamplingDiscreteFlow).
     """
 
     def __init__(self, shift: float = 1.0, *, multiplier: float = 1000.0, num_timesteps: int = 1000) -> None:
@@ -204,10 +235,11 @@ class ModelSamplingFlow(ModelSampling):
             raise ValueError(f"flow shift must be > 0, got {shift}")
         self.shift = float(shift)
         self.multiplier = float(multiplier)
-        self.sigmas = self.sigma(torch.arange(1, num_timesteps + 1, dtype=torch.float64)).float()
+        t = torch.arange(1, num_timesteps + 1, dtype=torch.float64) / num_timesteps
+        self.sigmas = self._shift(t).float()
 
     def _shift(self, t: torch.Tensor) -> torch.Tensor:
-        return self.shift * t / (1.0 + (self.shift - 1.0) * t)
+        return time_snr_shift(self.shift, t)
 
     def timestep(self, sigma: torch.Tensor) -> torch.Tensor:
         return torch.as_tensor(sigma) * self.multiplier
@@ -221,6 +253,34 @@ class ModelSamplingFlow(ModelSampling):
         if percent >= 1.0:
             return 0.0
         return float(self._shift(torch.tensor(1.0 - percent, dtype=torch.float64)))
+
+
+class ModelSamplingFlux(ModelSamplingFlow):
+    """FLUX.1 dev's flow schedule: sigma(t) = e^mu / (e^mu + 1/t − 1), the network sees t = sigma (0..1).
+
+    ``shift`` is ``mu`` (1.15 by default: 1024x1024; see `flux_shift_for_resolution`). The sigma table has
+    10000 entries, as ComfyUI's ModelSamplingFlux.
+    """
+
+    def __init__(self, shift: float = 1.15, *, num_timesteps: int = 10000) -> None:
+        ModelSampling.__init__(self, "flow")
+        self.shift = float(shift)
+        self.multiplier = 1.0
+        t = torch.arange(1, num_timesteps + 1, dtype=torch.float64) / num_timesteps
+        self.sigmas = self._shift(t).float()
+
+    def _shift(self, t: torch.Tensor) -> torch.Tensor:
+        return flux_time_shift(self.shift, torch.as_tensor(t))
+
+
+def sd3_model_sampling(shift: float = 3.0) -> ModelSamplingFlow:
+    """SD3 / SD3.5 (ComfyUI's ModelSamplingSD3 node, default shift 3.0, timesteps 0..1000)."""
+    return ModelSamplingFlow(shift, multiplier=1000.0)
+
+
+def auraflow_model_sampling(shift: float = 1.73) -> ModelSamplingFlow:
+    """AuraFlow (ComfyUI's ModelSamplingAuraFlow: shift 1.73, multiplier 1.0); also FLUX.1 schnell at 1.0."""
+    return ModelSamplingFlow(shift, multiplier=1.0)
 
 
 def model_sampling_for(prediction_type: str, *, flow_shift: float = 1.0) -> ModelSampling:

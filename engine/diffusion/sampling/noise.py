@@ -1,40 +1,34 @@
 """Seeded noise: the initial latent noise and the per-step noise of stochastic samplers.
 
-All noise is drawn on the CPU from explicit ``torch.Generator`` objects and then moved to the target
-device/dtype, so a seed gives the same picture on any device (DESIGN.md §5). Nothing here touches
-torch's global RNG.
+Everything here follows ComfyUI's draws so that a seed gives ComfyUI's picture:
+
+* initial noise (``prepare_noise``): one CPU generator seeded with the seed, ``randn`` of the latent's
+  shape (or one item-sized draw per batch index);
+* per-step noise of ancestral samplers, lcm, ... (``GaussianNoise``): one generator on the *latent's*
+  device seeded with the same seed (no offset), one ``randn`` of x's shape/dtype per call, in call
+  order. On the CPU its first draw therefore repeats the initial noise, as it does in ComfyUI;
+* Brownian noise of the SDE samplers (``BrownianTreeNoise``): torchsde's ``BrownianTree`` seeded
+  with the seed over [smallest positive sigma, largest sigma], on the CPU (or on x's device for the
+  ``*_gpu`` samplers); a sequence of seeds gives one tree per batch item;
+* the re-noising of the kept region when inpainting with ddim (``inpaint_noise``): a CPU draw from
+  seed + 1.
+
+Nothing here touches torch's global RNG.
 """
 
 from __future__ import annotations
 
-import math
-from collections import OrderedDict
+import warnings
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 
-_MASK64 = (1 << 64) - 1
 
-
-def _mix64(*parts: int) -> int:
-    """Hash integers into a 63-bit seed (SplitMix64 finaliser, Steele et al. 2014): nearby inputs
-    give unrelated generator seeds, so tree nodes draw independent noise."""
-    h = 0x9E3779B97F4A7C15
-    for p in parts:
-        h = (h ^ (p & _MASK64)) & _MASK64
-        h = (h + 0x9E3779B97F4A7C15) & _MASK64
-        z = h
-        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
-        h = z ^ (z >> 31)
-    return h & ((1 << 63) - 1)
-
-
-def _randn(shape: Sequence[int], seed: int) -> torch.Tensor:
-    g = torch.Generator(device="cpu")
-    g.manual_seed(seed)
-    return torch.randn(tuple(shape), generator=g, dtype=torch.float32)
+def _generator(device: torch.device, seed: int) -> torch.Generator:
+    gen = torch.Generator(device=device)
+    gen.manual_seed(int(seed))
+    return gen
 
 
 class NoiseSource(Protocol):
@@ -46,7 +40,9 @@ class NoiseSource(Protocol):
 
 
 class GaussianNoise:
-    """Independent N(0, 1) draws from one CPU generator, in call order (ancestral samplers)."""
+    """Independent N(0, 1) draws in call order from one generator on ``device`` seeded with ``seed``
+    (ComfyUI's ``default_noise_sampler``: ancestral samplers, lcm). The arguments of a call are
+    ignored; only the number of calls before it matters."""
 
     def __init__(
         self,
@@ -59,125 +55,102 @@ class GaussianNoise:
         self.shape = tuple(shape)
         self.dtype = dtype
         self.device = torch.device(device)
-        self._gen = torch.Generator(device="cpu")
-        # Derived seed: keep step noise independent of the initial noise drawn from ``seed`` itself.
-        self._gen.manual_seed(_mix64(seed, 0x5354455053))
+        self._gen = _generator(self.device, seed)
+
+    @classmethod
+    def like(cls, x: torch.Tensor, seed: int) -> GaussianNoise:
+        return cls(x.shape, seed, dtype=x.dtype, device=x.device)
 
     def __call__(self, sigma: torch.Tensor | float, sigma_next: torch.Tensor | float) -> torch.Tensor:
-        z = torch.randn(self.shape, generator=self._gen, dtype=torch.float32)
-        return z.to(self.device, self.dtype)
+        return torch.randn(self.shape, generator=self._gen, dtype=self.dtype, device=self.device)
 
 
 class BrownianTreeNoise:
-    """A seeded Brownian motion W on [t0, t1] that can be queried at any time in any order.
+    """Normalised increments of a seeded Brownian motion, queried at any noise levels in any order.
 
-    Why not torchsde: we only need W at the noise levels a sampler visits, reproducibly from a seed
-    and (ideally) the same path whatever the step count, so that changing the steps changes the image
-    smoothly (the reason k-diffusion uses a Brownian tree for the DPM++ SDE samplers). A Lévy
-    construction does that exactly and in ~60 lines: W(t0) = 0, W(t1) ~ N(0, t1 − t0), and the
-    midpoint of a dyadic cell [a, b] is the Brownian bridge sample
-    W(m) = (W(a) + W(b))/2 + sqrt((b − a)/4)·z with z drawn from a generator seeded by
-    (seed, depth, index) (Lévy 1948; Karatzas & Shreve, §2.3). Points inside a leaf cell of width
-    (t1 − t0)/2^depth are bridge samples from the cell ends, seeded by the point itself. Leaf points
-    in the same cell are then conditionally independent rather than jointly Brownian, an error
-    confined to intervals of ~1e-5 of the range. Tree nodes are cached (LRU) so consecutive queries
-    share their common ancestors.
+    Built on ``torchsde.BrownianTree`` exactly as ComfyUI's ``BrownianTreeNoiseSampler`` /
+    ``BatchedBrownianTree`` build it, so the same seed gives bit-identical noise: the tree spans
+    [sigma_min, sigma_max] with W = 0 at sigma_min, has x's shape and dtype, lives on the CPU (``cpu``;
+    False puts it on x's device, the ``*_gpu`` samplers), and ``entropy`` is the seed. With one seed
+    there is one tree for the whole batch; with a sequence of seeds (one per batch item) each item gets
+    its own item-shaped tree. ``noise(sigma, sigma_next)`` is (W(sigma_next) − W(sigma)) /
+    sqrt(|sigma_next − sigma|), cast to the sigmas' dtype and x's device.
     """
 
     def __init__(
         self,
-        shape: Sequence[int],
-        seed: int,
-        t0: float,
-        t1: float,
+        like: torch.Tensor,
+        sigma_min: float | torch.Tensor,
+        sigma_max: float | torch.Tensor,
+        seed: int | Sequence[int],
         *,
-        depth: int = 16,
-        dtype: torch.dtype = torch.float32,
-        device: torch.device | str = "cpu",
-        cache_size: int = 512,
+        cpu: bool = True,
+        sigma_dtype: torch.dtype = torch.float32,
     ) -> None:
-        t0, t1 = float(min(t0, t1)), float(max(t0, t1))
-        if not t1 > t0:
-            raise ValueError(f"BrownianTreeNoise needs t0 < t1, got [{t0}, {t1}]")
-        self.shape = tuple(shape)
-        self.seed = int(seed)
-        self.t0, self.t1 = t0, t1
-        self.depth = depth
-        self.dtype = dtype
-        self.device = torch.device(device)
-        self._cache: OrderedDict[tuple[int, int], torch.Tensor] = OrderedDict()
-        self._cache_size = cache_size
-        self._w1 = _randn(self.shape, _mix64(self.seed, 1, 0, 0)) * math.sqrt(t1 - t0)
-        # Samplers query W at the same sigma in consecutive steps (end of one interval = start of
-        # the next); remembering the last few W(t) halves the work.
-        self._points: OrderedDict[float, torch.Tensor] = OrderedDict()
+        import torchsde  # deferred: only the SDE samplers need it
+
+        # torchsde rounds the tree's ends to its tolerance (1e-6), so querying at the exact largest or
+        # smallest sigma falls a hair outside and it warns, then clamps - every run, in ComfyUI too.
+        # The clamp is the intended result; the warning is noise in the log.
+        warnings.filterwarnings("ignore", message="Should have t", category=UserWarning, module="torchsde")
+        self.cpu = cpu
+        self.device = like.device
+        self.sigma_dtype = sigma_dtype
+        t0 = torch.as_tensor(sigma_min, dtype=sigma_dtype)
+        t1 = torch.as_tensor(sigma_max, dtype=sigma_dtype)
+        self._sign = 1.0
+        if not bool(t0 < t1):
+            t0, t1, self._sign = t1, t0, -1.0
+        w0 = torch.zeros_like(like)
+        if isinstance(seed, Sequence):
+            seeds = [int(s) for s in seed]
+            if len(seeds) != like.shape[0]:
+                raise ValueError(
+                    f"BrownianTreeNoise got {len(seeds)} seeds for a batch of {like.shape[0]}; "
+                    "pass one seed, or one per batch item"
+                )
+            self.batched = True
+            w0 = w0[0]
+        else:
+            seeds = [int(seed)]
+            self.batched = False
+        tree_device = torch.device("cpu") if cpu else self.device
+        w0 = w0.detach().to(tree_device)
+        self._trees = [
+            torchsde.BrownianTree(t0.to(tree_device), w0, t1.to(tree_device), entropy=s) for s in seeds
+        ]
 
     @classmethod
-    def for_sigmas(cls, x: torch.Tensor, sigmas: torch.Tensor, seed: int) -> BrownianTreeNoise:
-        """The usual domain: the smallest positive and the largest sigma of the schedule."""
+    def for_sigmas(
+        cls, x: torch.Tensor, sigmas: torch.Tensor, seed: int | Sequence[int], *, cpu: bool = True
+    ) -> BrownianTreeNoise:
+        """The domain the SDE samplers use: the smallest positive and the largest sigma."""
         pos = sigmas[sigmas > 0]
-        lo, hi = float(pos.min()), float(sigmas.max())
-        if hi <= lo:  # a single noise level: widen so the tree is well defined
-            hi = lo * 2.0 + 1e-3
-        return cls(x.shape, seed, lo, hi, dtype=x.dtype, device=x.device)
+        return cls(x, pos.min(), sigmas.max(), seed, cpu=cpu, sigma_dtype=sigmas.dtype)
 
-    def _node(self, d: int, k: int, wa: torch.Tensor, wb: torch.Tensor, width: float) -> torch.Tensor:
-        key = (d, k)
-        hit = self._cache.get(key)
-        if hit is not None:
-            self._cache.move_to_end(key)
-            return hit
-        z = _randn(self.shape, _mix64(self.seed, 2, d, k))
-        w = 0.5 * (wa + wb) + math.sqrt(width / 4.0) * z
-        self._cache[key] = w
-        if len(self._cache) > self._cache_size:
-            self._cache.popitem(last=False)
-        return w
-
-    def w(self, t: float) -> torch.Tensor:
-        """W(t) on the CPU in float32 (t is clamped to [t0, t1])."""
-        t = min(max(float(t), self.t0), self.t1)
-        hit = self._points.get(t)
-        if hit is None:
-            hit = self._points[t] = self._w(t)
-            if len(self._points) > 8:
-                self._points.popitem(last=False)
-        return hit
-
-    def _w(self, t: float) -> torch.Tensor:
-        a, b = self.t0, self.t1
-        wa, wb = torch.zeros(self.shape), self._w1
-        if t == a:
-            return wa
-        if t == b:
-            return wb
-        k = 0
-        for d in range(self.depth):
-            m = 0.5 * (a + b)
-            wm = self._node(d, k, wa, wb, b - a)
-            if t == m:
-                return wm
-            if t < m:
-                b, wb, k = m, wm, 2 * k
-            else:
-                a, wa, k = m, wm, 2 * k + 1
-        # Leaf: exact bridge marginal given the cell ends, seeded by the float bits of t.
-        bits = int(torch.tensor(t, dtype=torch.float64).view(torch.int64))
-        z = _randn(self.shape, _mix64(self.seed, 3, bits))
-        frac = (t - a) / (b - a)
-        return wa + frac * (wb - wa) + math.sqrt((t - a) * (b - t) / (b - a)) * z
+    def _time(self, t: torch.Tensor | float) -> torch.Tensor:
+        t = torch.as_tensor(t, dtype=self.sigma_dtype).detach()
+        # The CPU tree is queried in float32 whatever the sigmas' dtype (ComfyUI's cpu=True path).
+        return t.cpu().float() if self.cpu else t
 
     def __call__(self, sigma: torch.Tensor | float, sigma_next: torch.Tensor | float) -> torch.Tensor:
-        s, n = float(sigma), float(sigma_next)
-        lo, hi = min(s, n), max(s, n)
-        lo_c, hi_c = max(lo, self.t0), min(hi, self.t1)
-        if hi_c <= lo_c:
-            raise ValueError(
-                f"Brownian noise queried on [{lo}, {hi}], outside the tree's range [{self.t0}, {self.t1}]; "
-                "build the tree from the same sigmas the sampler uses (BrownianTreeNoise.for_sigmas)"
-            )
-        inc = (self.w(hi_c) - self.w(lo_c)) / math.sqrt(hi_c - lo_c)
-        return inc.to(self.device, self.dtype)
+        a = torch.as_tensor(sigma, dtype=self.sigma_dtype)
+        b = torch.as_tensor(sigma_next, dtype=self.sigma_dtype)
+        lo, hi, sign = (a, b, 1.0) if bool(a < b) else (b, a, -1.0)
+        lo_q, hi_q = self._time(lo), self._time(hi)
+        w: Any = torch.stack([tree(lo_q, hi_q) for tree in self._trees])
+        w = w.to(self.device, self.sigma_dtype) * (self._sign * sign)
+        w = w if self.batched else w[0]
+        return w / (b - a).abs().sqrt().to(self.device)
+
+
+def inpaint_noise(like: torch.Tensor, seed: int) -> torch.Tensor:
+    """The noise that re-noises the kept region for samplers registered with random inpaint noise
+    (ddim): a CPU float32 draw of ``like``'s shape from seed + 1 (ComfyUI's inpaint "random" option),
+    cast to ``like``'s dtype and device."""
+    # Wrap at 2^64 (torch seeds are taken modulo 2^64): ComfyUI's seed + 1 overflows for the largest seed.
+    gen = _generator(torch.device("cpu"), (int(seed) + 1) & 0xFFFF_FFFF_FFFF_FFFF)
+    return torch.randn(tuple(like.shape), generator=gen, device="cpu").to(like.dtype).to(like.device)
 
 
 def prepare_noise(latent: torch.Tensor, seed: int, batch_inds: Sequence[int] | None = None) -> torch.Tensor:
@@ -188,8 +161,7 @@ def prepare_noise(latent: torch.Tensor, seed: int, batch_inds: Sequence[int] | N
     out of a batch) the generator draws one item-sized tensor per index 0..max(batch_inds) in order and
     item i gets draw number batch_inds[i] - so an item keeps its noise when it is taken out of a batch.
     """
-    gen = torch.Generator(device="cpu")
-    gen.manual_seed(int(seed))
+    gen = _generator(torch.device("cpu"), seed)
     shape = tuple(latent.shape)
     dtype = latent.dtype if latent.is_floating_point() else torch.float32
     if batch_inds is None:

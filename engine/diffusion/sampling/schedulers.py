@@ -166,18 +166,53 @@ def sd_turbo_sigmas(ms: ModelSampling, steps: int, denoise: float = 1.0) -> torc
     return _with_zero(ms.sigma(ts).double())
 
 
-SCHEDULER_NAMES = ("normal", "karras", "exponential", "sgm_uniform", "simple", "ddim_uniform", "beta")
+def linear_quadratic(
+    ms: ModelSampling, steps: int, threshold_noise: float = 0.025, linear_steps: int | None = None
+) -> torch.Tensor:
+    """The linear-quadratic schedule of Mochi (Genmo 2024), in ComfyUI's form: noise levels
+    1 − f_i times sigma_max, f rising linearly from 0 to ``threshold_noise`` over the first
+    ``linear_steps`` (default steps // 2) steps, then along the quadratic that continues it with
+    matching slope and reaches 1 at i = steps. One step is [sigma_max, 0]."""
+    if steps == 1:
+        fractions = [1.0, 0.0]
+    else:
+        lin = steps // 2 if linear_steps is None else linear_steps
+        quad = steps - lin
+        diff = lin - threshold_noise * steps
+        qc = diff / (lin * quad**2)
+        lc = threshold_noise / lin - 2 * diff / quad**2
+        const = qc * lin**2
+        f = [i * threshold_noise / lin for i in range(lin)]
+        f += [qc * i**2 + lc * i + const for i in range(lin, steps)]
+        fractions = [1.0 - v for v in f + [1.0]]
+    return torch.tensor(fractions, dtype=torch.float32) * float(ms.sigma_max)
+
+
+def kl_optimal_sigmas(n: int, sigma_min: float, sigma_max: float) -> torch.Tensor:
+    """The KL-optimal schedule (Sabour et al. 2024, "Align Your Steps", eq. 12): sigmas equally
+    spaced in arctan(sigma), from sigma_max to sigma_min, then 0. ComfyUI divides by n − 1 and
+    returns NaN for one step; here one step is [sigma_max, 0]."""
+    ramp = torch.arange(n, dtype=torch.float64) / max(n - 1, 1)
+    sig = torch.tan(ramp * math.atan(sigma_min) + (1 - ramp) * math.atan(sigma_max))
+    return _with_zero(sig)
+
+
+def kl_optimal(ms: ModelSampling, steps: int) -> torch.Tensor:
+    return kl_optimal_sigmas(steps, ms.sigma_min, ms.sigma_max)
 
 
 def default_scheduler_table() -> dict[str, SchedulerFn]:
+    """The built-in schedulers in ComfyUI's KSampler order."""
     return {
-        "normal": normal,
+        "simple": simple,
+        "sgm_uniform": sgm_uniform,
         "karras": karras,
         "exponential": exponential,
-        "sgm_uniform": sgm_uniform,
-        "simple": simple,
         "ddim_uniform": ddim_uniform,
         "beta": beta,
+        "normal": normal,
+        "linear_quadratic": linear_quadratic,
+        "kl_optimal": kl_optimal,
     }
 
 

@@ -9,6 +9,9 @@ import pytest
 import torch
 from torch import nn
 
+from engine.handles.sampling import SamplingLibrary
+from engine.runtime import sampling_library
+
 
 class PointwiseUNet(nn.Module):
     """eps = a·x_in + mean(context) + b·t/1000 (+ y and concat terms), elementwise in space.
@@ -87,6 +90,18 @@ def cond(value: float, tokens: int = 77, dim: int = 8, batch: int = 1, **opts: A
 @pytest.fixture
 def make_cond():
     return cond
+
+
+@pytest.fixture
+def library() -> SamplingLibrary:
+    """The sampler/scheduler library exactly as the runtime builds it, fresh for each test."""
+    return sampling_library()
+
+
+@pytest.fixture
+def regs(library: SamplingLibrary) -> dict[str, Any]:
+    """The registries as keyword arguments of ksampler.sample / calculate_sigmas / ksampler_sigmas."""
+    return {"samplers": library.samplers, "schedulers": library.schedulers}
 
 
 @pytest.fixture

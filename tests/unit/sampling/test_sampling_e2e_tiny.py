@@ -12,14 +12,16 @@ import pytest
 import torch
 
 import engine.diffusion.checkpoints.loader as loader
-import engine.diffusion.checkpoints.synthetic as synthetic
 import engine.diffusion.models.sdxl_conditioning as sdxl_cond
+import tests.factories.checkpoints as synthetic
 from engine.diffusion.sampling.diffusion_model import DiffusionModel  # noqa: E402
 from engine.diffusion.sampling.guidance import CFGDenoiser  # noqa: E402
 from engine.diffusion.sampling.ksampler import prepare_noise, sample, sample_custom  # noqa: E402
 from engine.diffusion.sampling.model_sampling import model_sampling_for  # noqa: E402
 from engine.diffusion.sampling.registry import default_sampler_registry  # noqa: E402
 from engine.diffusion.sampling.schedulers import sd_turbo_sigmas  # noqa: E402
+
+pytestmark = pytest.mark.slow
 
 
 def sdxl_adm_builder(cond, width, height):
@@ -75,12 +77,12 @@ def image(px):
     return torch.nn.functional.avg_pool2d(img, 3, 1, 1)  # a little smoothness
 
 
-def test_txt2img_decode_and_seeds(ckpts, px):
+def test_txt2img_decode_and_seeds(ckpts, px, regs):
     ck = ckpts["sd1"]
     model = to_model(ck)
     pos, neg = encode(ck, "a photo of a cat"), encode(ck, "")
     lat = torch.zeros(1, 4, 8, 8)
-    run = lambda seed: sample(model, None, 4, 6.0, "dpmpp_2m", "karras", pos, neg, lat, seed=seed)  # noqa: E731
+    run = lambda seed: sample(model, None, 4, 6.0, "dpmpp_2m", "karras", pos, neg, lat, seed=seed, **regs)  # noqa: E731
     a, b, c = run(1), run(1), run(2)
     assert torch.equal(a, b) and not torch.allclose(a, c)
     img = ck.vae.decode(a)
@@ -88,19 +90,19 @@ def test_txt2img_decode_and_seeds(ckpts, px):
     assert torch.equal(img, ck.vae.decode(b))
 
 
-def test_img2img_denoise_half_stays_closer(ckpts, image):
+def test_img2img_denoise_half_stays_closer(ckpts, image, regs):
     ck = ckpts["sd1"]
     model = to_model(ck)
     pos, neg = encode(ck, "a red house"), encode(ck, "")
     src = ck.vae.encode(image)
     d = {}
     for denoise in (0.5, 1.0):
-        out = sample(model, None, 6, 5.0, "euler", "normal", pos, neg, src, denoise=denoise, seed=3)
+        out = sample(model, None, 6, 5.0, "euler", "normal", pos, neg, src, denoise=denoise, seed=3, **regs)
         d[denoise] = (out - src).abs().mean().item()
     assert d[0.5] < d[1.0]
 
 
-def test_inpainting_keeps_unmasked_latent_and_pixels_mostly(ckpts, image, px):
+def test_inpainting_keeps_unmasked_latent_and_pixels_mostly(ckpts, image, px, regs):
     ck = ckpts["sd1"]
     model = to_model(ck)
     pos, neg = encode(ck, "a dog"), encode(ck, "")
@@ -108,7 +110,9 @@ def test_inpainting_keeps_unmasked_latent_and_pixels_mostly(ckpts, image, px):
     mask = torch.zeros(1, px, px)
     q = px // 4
     mask[:, q : 3 * q, q : 3 * q] = 1.0  # centre, pixel resolution
-    out = sample(model, None, 5, 5.0, "dpmpp_2m_sde", "karras", pos, neg, src, noise_mask=mask, seed=7)
+    out = sample(
+        model, None, 5, 5.0, "dpmpp_2m_sde", "karras", pos, neg, src, noise_mask=mask, seed=7, **regs
+    )
     keep = torch.ones(8, 8, dtype=torch.bool)
     keep[1:7, 1:7] = False  # latent pixels untouched by the (bilinearly resized) mask
     assert torch.equal(out[..., keep], src[..., keep])
@@ -123,7 +127,7 @@ def test_inpainting_keeps_unmasked_latent_and_pixels_mostly(ckpts, image, px):
     assert diff[outside].mean() < diff[c, c].mean()
 
 
-def test_nine_channel_inpainting_model(ckpts, image, px):
+def test_nine_channel_inpainting_model(ckpts, image, px, regs):
     ck = ckpts["sd1_inpaint"]
     assert ck.spec.is_inpaint
     model = to_model(ck)
@@ -131,10 +135,12 @@ def test_nine_channel_inpainting_model(ckpts, image, px):
     src = ck.vae.encode(image)
     mask = torch.zeros(1, px, px)
     mask[:, :, px // 2 :] = 1.0
-    out = sample(model, None, 3, 4.0, "euler", "normal", pos, neg, src, noise_mask=mask, seed=1)
-    assert torch.isfinite(out).all() and torch.equal(out[..., :3], src[..., :3])
+    out = sample(model, None, 3, 4.0, "euler", "normal", pos, neg, src, noise_mask=mask, seed=1, **regs)
+    assert torch.isfinite(out).all()
+    # kept to float rounding (Euler's last step lands on the x0 estimate, which is the input there)
+    torch.testing.assert_close(out[..., :3], src[..., :3], atol=1e-5, rtol=0)
     # txt2img with an inpainting model (no mask) also works: mask channel = 1, blank masked image.
-    out2 = sample(model, None, 2, 4.0, "euler", "normal", pos, neg, torch.zeros(1, 4, 8, 8), seed=1)
+    out2 = sample(model, None, 2, 4.0, "euler", "normal", pos, neg, torch.zeros(1, 4, 8, 8), seed=1, **regs)
     assert torch.isfinite(out2).all()
 
 
@@ -154,13 +160,12 @@ def test_sd_turbo_style_one_step(ckpts):
     assert calls == [1] and torch.isfinite(out).all()
 
 
-def test_sdxl_and_v_prediction_models(ckpts):
+def test_sdxl_and_v_prediction_models(ckpts, regs):
     for name in ("sdxl", "sd2_v"):
         ck = ckpts[name]
         model = to_model(ck)
         assert model.model_sampling.prediction == ("v" if name == "sd2_v" else "eps")
         pos, neg = encode(ck, "a castle"), encode(ck, "blurry")
-        out = sample(
-            model, None, 3, 5.0, "euler_ancestral", "sgm_uniform", pos, neg, torch.zeros(2, 4, 8, 8), seed=2
-        )
+        lat = torch.zeros(2, 4, 8, 8)
+        out = sample(model, None, 3, 5.0, "euler_ancestral", "sgm_uniform", pos, neg, lat, seed=2, **regs)
         assert out.shape == (2, 4, 8, 8) and torch.isfinite(out).all()

@@ -19,7 +19,7 @@ def _counting(unet):
     return calls
 
 
-def test_tiny_sd1_unet_samples_with_cfg_batching():
+def test_tiny_sd1_unet_samples_with_cfg_batching(regs):
     torch.manual_seed(0)
     unet = unet_mod.UNetModel(unet_mod.UNetConfig.tiny()).eval()
     calls = _counting(unet)
@@ -28,16 +28,16 @@ def test_tiny_sd1_unet_samples_with_cfg_batching():
     pos = [[torch.randn(1, 77, 32, generator=g), {}]]
     neg = [[torch.randn(1, 77, 32, generator=g), {}]]
     lat = torch.zeros(1, 4, 8, 8)
-    a = sample(model, None, 3, 5.0, "dpmpp_2m", "karras", pos, neg, lat, seed=9)
+    a = sample(model, None, 3, 5.0, "dpmpp_2m", "karras", pos, neg, lat, seed=9, **regs)
     assert a.shape == lat.shape and torch.isfinite(a).all()
     assert calls == [2, 2, 2]  # cond + uncond batched in one UNet call per step
-    b = sample(model, None, 3, 5.0, "dpmpp_2m", "karras", pos, neg, lat, seed=9)
+    b = sample(model, None, 3, 5.0, "dpmpp_2m", "karras", pos, neg, lat, seed=9, **regs)
     assert torch.equal(a, b)
-    c = sample(model, None, 3, 5.0, "dpmpp_2m", "karras", pos, neg, lat, seed=10)
+    c = sample(model, None, 3, 5.0, "dpmpp_2m", "karras", pos, neg, lat, seed=10, **regs)
     assert not torch.equal(a, c)
 
 
-def test_tiny_sdxl_unet_with_adm_builder():
+def test_tiny_sdxl_unet_with_adm_builder(regs):
     torch.manual_seed(0)
     cfg = unet_mod.UNetConfig.tiny_sdxl(context_dim=64, pooled_dim=32)
     unet = unet_mod.UNetModel(cfg).eval()
@@ -53,7 +53,6 @@ def test_tiny_sdxl_unet_with_adm_builder():
     model = DiffusionModel(unet, ModelSamplingDiscrete("eps"), adm_builder=adm)
     pos = [[torch.randn(1, 77, 64), {"pooled_output": torch.randn(1, 32)}]]
     neg = [[torch.zeros(1, 77, 64), {"pooled_output": torch.zeros(1, 32)}]]
-    out = sample(
-        model, None, 2, 4.0, "euler_ancestral", "sgm_uniform", pos, neg, torch.zeros(2, 4, 8, 8), seed=1
-    )
+    lat = torch.zeros(2, 4, 8, 8)
+    out = sample(model, None, 2, 4.0, "euler_ancestral", "sgm_uniform", pos, neg, lat, seed=1, **regs)
     assert out.shape == (2, 4, 8, 8) and torch.isfinite(out).all()

@@ -1,2 +1,2 @@
-"""Sampler functions, one module per family. Import the family modules directly, or build the
-default registry with ``engine.diffusion.sampling.registry.default_sampler_registry()``."""
+"""Sampler functions, one module per family. The runtime registers them by their
+ComfyUI names in ``engine.diffusion.sampling.registry.default_sampler_registry()``."""

@@ -23,7 +23,12 @@ class Denoiser(Protocol):
 
 @dataclass(frozen=True)
 class StepInfo:
-    """What a sampler reports after each step (for previews and progress)."""
+    """What a sampler reports after each step: the one progress shape from the samplers to the sink.
+
+    ``index`` is 0-based (the sink shows ``index + 1`` of ``total``); ``denoised`` is the step's
+    clean-latent estimate, which a preview renders. The entry points pass the callback to the sampler
+    unchanged, and one adapter (``engine.handles.sampling.StepReporter``) turns it into
+    ``context.progress(value, max, preview)``."""
 
     index: int
     total: int
@@ -33,6 +38,7 @@ class StepInfo:
     sigma_next: float
 
 
+# Raising from the callback (an interrupt) stops the sampler; the exception propagates unchanged.
 StepCallback = Callable[[StepInfo], None]
 
 
@@ -78,9 +84,21 @@ def require_noise(noise: NoiseSource | None, name: str) -> NoiseSource:
     if noise is None:
         raise ValueError(
             f"sampler {name!r} is stochastic and needs a seeded noise source (noise=GaussianNoise(...) or "
-            "BrownianTreeNoise(...) from engine.diffusion.sampling.noise); it never uses the global RNG"
+            "BrownianTreeNoise(...) from engine.diffusion.sampling.noise, or SamplerSpec.make_noise); "
+            "it never uses the global RNG"
         )
     return noise
+
+
+def add_noise(
+    x: torch.Tensor, noise: NoiseSource | None, name: str, sigma: float, sigma_next: float, scale: float
+) -> torch.Tensor:
+    """x + noise(sigma, sigma_next)·scale. A draw is taken even when scale is 0 (eta = 0), so the
+    generator stays in step with ComfyUI's, which always draws there; without a noise source a zero
+    scale needs none."""
+    if noise is None and scale == 0.0:
+        return x
+    return x + require_noise(noise, name)(sigma, sigma_next) * scale
 
 
 def churn(

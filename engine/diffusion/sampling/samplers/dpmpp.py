@@ -15,7 +15,17 @@ import math
 import torch
 
 from ..noise import NoiseSource
-from ._common import Denoiser, StepCallback, ancestral_step, as_floats, call, report, require_noise, to_d
+from ._common import (
+    Denoiser,
+    StepCallback,
+    add_noise,
+    ancestral_step,
+    as_floats,
+    call,
+    report,
+    require_noise,
+    to_d,
+)
 
 
 def _lam(sigma: float) -> float:
@@ -50,8 +60,8 @@ def sample_dpmpp_2s_ancestral(
             x2 = (s_mid / s) * x - math.expm1(-0.5 * h) * den
             den2 = call(denoiser, x2, s_mid)
             x = (down / s) * x - math.expm1(-h) * den2
-        if sn > 0 and up > 0:
-            x = x + require_noise(noise, "dpmpp_2s_ancestral")(s, sn) * (s_noise * up)
+        if sn > 0:  # drawn even when sigma_up = 0 (eta = 0), as ComfyUI draws it
+            x = add_noise(x, noise, "dpmpp_2s_ancestral", s, sn, s_noise * up)
     return x
 
 
@@ -70,31 +80,40 @@ def sample_dpmpp_sde(
     """DPM-Solver++ stochastic single-step second order ("DPM++ SDE", k-diffusion): two stages at
     lambda and lambda + r·h, each an ancestral DPM-Solver++(1) step whose noise comes from a
     Brownian path so that the two stages' noise is consistent (Lu et al. 2022; Karras et al. 2022)."""
-    src = require_noise(noise, "dpmpp_sde")
     sig = as_floats(sigmas)
     n = len(sig) - 1
     fac = 1.0 / (2.0 * r)
+    stochastic = eta > 0 and s_noise > 0
     for i in range(n):
         s, sn = sig[i], sig[i + 1]
         den = call(denoiser, x, s)
         report(callback, i, n, x, den, s, sn)
         if sn == 0.0:
-            x = x + to_d(x, s, den) * (sn - s)
+            x = den
             continue
-        lam, lam_next = _lam(s), _lam(sn)
-        h = lam_next - lam
-        s_mid = math.exp(-(lam + h * r))
+        lam = _lam(s)
+        s_mid = _mid_sigma(s, sn, r, sigmas.dtype)
         # stage 1: to the intermediate noise level
         down, up = ancestral_step(s, s_mid, eta)
         x2 = (down / s) * x - math.expm1(lam - _lam(down)) * den
-        x2 = x2 + src(s, s_mid) * (s_noise * up)
+        if stochastic:
+            x2 = x2 + require_noise(noise, "dpmpp_sde")(s, s_mid) * (s_noise * up)
         den2 = call(denoiser, x2, s_mid)
         # stage 2: the full step with the blended x0 estimate
         down, up = ancestral_step(s, sn, eta)
         den_d = (1.0 - fac) * den + fac * den2
         x = (down / s) * x - math.expm1(lam - _lam(down)) * den_d
-        x = x + src(s, sn) * (s_noise * up)
+        if stochastic:
+            x = x + require_noise(noise, "dpmpp_sde")(s, sn) * (s_noise * up)
     return x
+
+
+def _mid_sigma(s: float, sn: float, r: float, dtype: torch.dtype) -> float:
+    """sigma at lambda + r·h, computed in the sigmas' own dtype with ComfyUI's operations: the
+    Brownian tree is queried at this level, and only the identical float gives identical noise."""
+    lam_s = torch.tensor(s, dtype=dtype).log().neg()
+    lam_t = torch.tensor(sn, dtype=dtype).log().neg()
+    return float((lam_s + r * (lam_t - lam_s)).neg().exp())
 
 
 @torch.no_grad()
@@ -168,7 +187,7 @@ def sample_dpmpp_2m_sde(
                 x = x + (phi / (-h - eta_h) + 1.0) * (1.0 / r) * (den - old)
             else:
                 x = x + 0.5 * phi * (1.0 / r) * (den - old)
-        if eta:
+        if eta > 0 and s_noise > 0:
             x = x + require_noise(noise, "dpmpp_2m_sde")(s, sn) * (
                 sn * math.sqrt(-math.expm1(-2 * eta_h)) * s_noise
             )
@@ -219,7 +238,7 @@ def sample_dpmpp_3m_sde(
                 r = h1 / h
                 phi2 = math.expm1(-h_eta) / h_eta + 1.0
                 x = x + phi2 * ((den - d1_prev) / r)
-            if eta:
+            if eta > 0 and s_noise > 0:
                 x = x + require_noise(noise, "dpmpp_3m_sde")(s, sn) * (
                     sn * math.sqrt(-math.expm1(-2 * h * eta)) * s_noise
                 )

@@ -1,5 +1,5 @@
-"""Euler-type samplers: euler, euler_ancestral, heun, dpm_2, dpm_2_ancestral, plus ddim and lcm
-(which are one-line variants of an Euler step)."""
+"""Euler-type samplers: euler, euler_ancestral, heun, dpm_2, dpm_2_ancestral, plus ddim, ddpm and lcm
+(one-step-at-a-time variants of the same loop)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from ..noise import NoiseSource
 from ._common import (
     Denoiser,
     StepCallback,
+    add_noise,
     ancestral_step,
     as_floats,
     call,
@@ -72,7 +73,10 @@ def sample_euler_ancestral(
     s_noise: float = 1.0,
 ) -> torch.Tensor:
     """Ancestral Euler: an Euler step down to sigma_down, then fresh noise of std sigma_up (the DDPM
-    ancestral sampler of Ho et al. 2020 in the VE/EDM formulation of Karras et al. 2022)."""
+    ancestral sampler of Ho et al. 2020 in the VE/EDM formulation of Karras et al. 2022).
+
+    Noise is drawn on every step with sigma_down > 0 (even when eta = 0 makes sigma_up 0), as ComfyUI
+    draws it, so a seed's later draws line up with ComfyUI's."""
     sig = as_floats(sigmas)
     n = len(sig) - 1
     for i in range(n):
@@ -80,9 +84,11 @@ def sample_euler_ancestral(
         den = call(denoiser, x, s)
         down, up = ancestral_step(s, sn, eta)
         report(callback, i, n, x, den, s, sn)
-        x = x + to_d(x, s, den) * (down - s)
-        if sn > 0 and up > 0:
-            x = x + require_noise(noise, "euler_ancestral")(s, sn) * (s_noise * up)
+        if down == 0.0:
+            x = den
+        else:
+            x = x + to_d(x, s, den) * (down - s)
+            x = add_noise(x, noise, "euler_ancestral", s, sn, s_noise * up)
     return x
 
 
@@ -185,7 +191,8 @@ def sample_dpm_2_ancestral(
     eta: float = 1.0,
     s_noise: float = 1.0,
 ) -> torch.Tensor:
-    """DPM-2 down to sigma_down followed by ancestral noise (Karras et al. 2022 / k-diffusion)."""
+    """DPM-2 down to sigma_down followed by ancestral noise (Karras et al. 2022 / k-diffusion); a step
+    down to sigma_down = 0 is a plain Euler step without noise."""
     sig = as_floats(sigmas)
     n = len(sig) - 1
     for i in range(n):
@@ -201,8 +208,7 @@ def sample_dpm_2_ancestral(
             x2 = x + d * (s_mid - s)
             d2 = to_d(x2, s_mid, call(denoiser, x2, s_mid))
             x = x + d2 * (down - s)
-        if sn > 0 and up > 0:
-            x = x + require_noise(noise, "dpm_2_ancestral")(s, sn) * (s_noise * up)
+            x = add_noise(x, noise, "dpm_2_ancestral", s, sn, s_noise * up)
     return x
 
 
@@ -221,6 +227,37 @@ def sample_ddim(
     sqrt(1 − ᾱ_{t−1})·ε̂ is exactly one Euler step of the probability-flow ODE (Karras et al. 2022,
     §3 and Appendix B.4), so this is Euler; ComfyUI's "ddim" is the same."""
     return sample_euler(denoiser, x, sigmas, noise=noise, callback=callback)
+
+
+@torch.no_grad()
+def sample_ddpm(
+    denoiser: Denoiser,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    *,
+    noise: NoiseSource | None = None,
+    callback: StepCallback | None = None,
+) -> torch.Tensor:
+    """Ancestral DDPM sampling (Ho et al. 2020, Algorithm 2 with the posterior variance beta-tilde),
+    stepping between the schedule's noise levels rather than adjacent training timesteps.
+
+    In VP variables x_vp = x/sqrt(1 + sigma²), ᾱ = 1/(1 + sigma²) and a = ᾱ/ᾱ_next: the posterior mean
+    is (x_vp − (1 − a)·eps/sqrt(1 − ᾱ))/sqrt(a), plus sqrt((1 − a)(1 − ᾱ_next)/(1 − ᾱ)) of fresh noise
+    unless the next level is 0. Noise is drawn once per step to sigma_next > 0 (ComfyUI's order)."""
+    sig = as_floats(sigmas)
+    n = len(sig) - 1
+    for i in range(n):
+        s, sn = sig[i], sig[i + 1]
+        den = call(denoiser, x, s)
+        report(callback, i, n, x, den, s, sn)
+        eps = (x - den) / s
+        ab, ab_next = 1.0 / (s * s + 1.0), 1.0 / (sn * sn + 1.0)
+        a = ab / ab_next
+        x = (x / math.sqrt(1.0 + s * s) - eps * ((1.0 - a) / math.sqrt(1.0 - ab))) * math.sqrt(1.0 / a)
+        if sn > 0:
+            std = math.sqrt((1.0 - a) * (1.0 - ab_next) / (1.0 - ab))
+            x = (x + require_noise(noise, "ddpm")(s, sn) * std) * math.sqrt(1.0 + sn * sn)
+    return x
 
 
 @torch.no_grad()

@@ -9,6 +9,7 @@ This package sits below the graph: it never imports engine.graph / execution / s
 tests/unit/engine/test_engine_layers.py). Nodes reach models only through it.
 """
 
+from engine.handles.base import ManagedHandle
 from engine.handles.clip import ClipHandle
 from engine.handles.loading import (
     ModelFileError,
@@ -18,10 +19,11 @@ from engine.handles.loading import (
     load_vae_handle,
 )
 from engine.handles.model import ModelHandle
-from engine.handles.vae import VAEHandle, VAEMissingError
+from engine.handles.vae import VAEHandle, VAEMissingError, require_vae
 
 __all__ = [
     "ClipHandle",
+    "ManagedHandle",
     "ModelFileError",
     "ModelHandle",
     "VAEHandle",
@@ -30,4 +32,5 @@ __all__ = [
     "load_clip_handle",
     "load_unet_handle",
     "load_vae_handle",
+    "require_vae",
 ]

@@ -15,12 +15,19 @@ from typing import Any
 import torch
 
 from engine.diffusion import preprocess
+from engine.diffusion.checkpoints.control import (
+    build_controlnet,
+    build_t2i_adapter,
+    is_t2i_adapter,
+    strip_controlnet_prefix,
+)
 from engine.diffusion.checkpoints.io import read_state_dict
+from engine.diffusion.checkpoints.upscalers import UpscalerSpec, load_upscaler_file
 from engine.diffusion.lora import LoraLoad, load_lora_file, text_encoder_key_map, unet_key_map
 from engine.diffusion.models.control_apply import ControlApplication
-from engine.diffusion.models.controlnet import ControlNetModel, build_controlnet, strip_controlnet_prefix
-from engine.diffusion.models.t2i_adapter import T2IAdapter, build_t2i_adapter, is_t2i_adapter
-from engine.diffusion.models.upscalers import UpscalerSpec, load_upscaler_file, upscale_tiled
+from engine.diffusion.models.controlnet import ControlNetModel
+from engine.diffusion.models.t2i_adapter import T2IAdapter
+from engine.diffusion.models.upscalers import upscale_tiled
 from engine.handles.clip import ClipHandle
 from engine.handles.model import ModelHandle
 
@@ -67,8 +74,6 @@ def apply_lora(
     if clip is not None and strength_clip != 0:
         new_clip = clip.clone()
         new_clip.add_patches(report.patches.get("clip", {}), strength_clip)
-        if report.unmatched:
-            new_clip.warnings.append(report.summary())
     return new_model, new_clip, report
 
 

@@ -2,23 +2,29 @@
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Mapping
+import logging
 from typing import Any
 
 import torch
 
 from engine.diffusion.text.embeddings import EmbeddingLibrary
 from engine.diffusion.text.encoder import SDTextEncoder
+from engine.handles.base import ManagedHandle
 from engine.memory.manager import ModelManager
-from engine.memory.patcher import ModelPatcher, WeightPatch
+from engine.memory.patcher import ModelPatcher
 
 Conditioning = list[list[Any]]
 
+log = logging.getLogger(__name__)
 
-class ClipHandle:
+
+class ClipHandle(ManagedHandle):
     """Text encoder(s) on a CLIP socket. `clip_skip` None = the family default layer; -N = N-th from the
-    end (ComfyUI's CLIPSetLastLayer value, -1 = last layer). Clones share the weights."""
+    end (ComfyUI's CLIPSetLastLayer value, -1 = last layer). Clones share the weights.
+
+    An `embedding:name` the encoder cannot use (missing, refused as an unsafe pickle, made for another
+    family) is skipped, as ComfyUI does, but not silently: it is logged as a warning and added to the
+    `warnings` list the caller passes (nodes show those in their UI output)."""
 
     def __init__(
         self,
@@ -29,12 +35,9 @@ class ClipHandle:
         clip_skip: int | None = None,
         name: str = "clip",
     ) -> None:
-        self.patcher = patcher
-        self.manager = manager
+        super().__init__(patcher, manager=manager, name=name)
         self.embeddings = embeddings
         self.clip_skip = clip_skip
-        self.name = name
-        self.warnings: list[str] = []
 
     @property
     def encoder(self) -> SDTextEncoder:
@@ -46,12 +49,6 @@ class ClipHandle:
     def family(self) -> str:
         return self.encoder.family
 
-    def clone(self) -> ClipHandle:
-        c = copy.copy(self)
-        c.patcher = self.patcher.clone()
-        c.warnings = []
-        return c
-
     def with_last_layer(self, stop_at_clip_layer: int) -> ClipHandle:
         """A clone that uses the output of layer `stop_at_clip_layer` (negative, -1 = last)."""
         if stop_at_clip_layer >= 0:
@@ -62,44 +59,48 @@ class ClipHandle:
         c.clip_skip = stop_at_clip_layer
         return c
 
-    def add_patches(
-        self,
-        patches: Mapping[str, WeightPatch | torch.Tensor],
-        strength_patch: float = 1.0,
-        strength_model: float = 1.0,
-    ) -> list[str]:
-        return self.patcher.add_patches(patches, strength_patch, strength_model)
-
     def _clip_skip_arg(self) -> int | None:
         # ComfyUI applies CLIPSetLastLayer(-1) as "the last layer"; the family default (SD2's penultimate
         # layer) only applies when no CLIPSetLastLayer was used.
         return self.clip_skip
 
-    def encode(self, text: str) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(cond (1, tokens, dim), pooled (1, P) or None), float32 on the CPU."""
-        with self.manager.use(self.patcher):
+    def encode(
+        self, text: str, *, warnings: list[str] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(cond (1, tokens, dim), pooled (1, P) or None), float32 on the CPU. Problems with embedding
+        references are logged and appended to `warnings` (see the class docstring)."""
+        found: list[str] = []
+        with self.use():
             cond, pooled = self.encoder.encode(
-                text, clip_skip=self._clip_skip_arg(), embeddings=self.embeddings, warnings=self.warnings
+                text, clip_skip=self._clip_skip_arg(), embeddings=self.embeddings, warnings=found
             )
+        for message in found:
+            log.warning("%s: %s", self.name, message)
+        if warnings is not None:
+            warnings.extend(m for m in found if m not in warnings)
         return cond.cpu(), None if pooled is None else pooled.cpu()
 
-    def encode_conditioning(self, text: str, **extra: Any) -> Conditioning:
+    def encode_conditioning(
+        self, text: str, *, warnings: list[str] | None = None, **extra: Any
+    ) -> Conditioning:
         """ComfyUI's CONDITIONING for one prompt: [[cond, {"pooled_output": pooled, **extra}]]."""
-        cond, pooled = self.encode(text)
+        cond, pooled = self.encode(text, warnings=warnings)
         options: dict[str, Any] = {"pooled_output": pooled} if pooled is not None else {}
         options.update(extra)
         return [[cond, options]]
 
-    def encode_dual(self, text_g: str, text_l: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def encode_dual(
+        self, text_g: str, text_l: str, *, warnings: list[str] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """SDXL with different prompts for CLIP-G and CLIP-L: the L part of the context comes from
         `text_l`, the G part and the pooled vector from `text_g`. When the prompts need different numbers
         of 77-token chunks the shorter side is padded with the encoding of an empty prompt (ComfyUI pads
         the shorter token list with empty chunks)."""
         if text_g == text_l or self.family != "sdxl":
-            return self.encode(text_g)
+            return self.encode(text_g, warnings=warnings)
         width_l = self.encoder._width("clip_l")
-        cond_g, pooled = self.encode(text_g)
-        cond_l, _ = self.encode(text_l)
+        cond_g, pooled = self.encode(text_g, warnings=warnings)
+        cond_l, _ = self.encode(text_l, warnings=warnings)
         part_l, part_g = cond_l[..., :width_l], cond_g[..., width_l:]
         if part_l.shape[1] != part_g.shape[1]:
             empty, _ = self.encode("")

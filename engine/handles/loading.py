@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
@@ -19,7 +18,6 @@ from engine.diffusion.checkpoints import diffusers_layout as dl
 from engine.diffusion.checkpoints.detect import (
     UNET_PREFIX,
     VAE_PREFIX,
-    ModelFamily,
     detect_checkpoint,
 )
 from engine.diffusion.checkpoints.io import CheckpointError, read_state_dict
@@ -28,7 +26,7 @@ from engine.diffusion.sampling.model_sampling import model_sampling_for
 from engine.diffusion.text.embeddings import EmbeddingLibrary
 from engine.handles.clip import ClipHandle
 from engine.handles.model import ModelHandle
-from engine.handles.vae import VAEHandle, VAEMissingError
+from engine.handles.vae import VAEHandle
 from engine.memory.dtypes import ModelRole, choose_dtype
 from engine.memory.manager import ModelManager
 
@@ -88,6 +86,13 @@ def make_model_handle(
     )
 
 
+def _in_dtype(module: nn.Module, dtype: torch.dtype) -> nn.Module:
+    # Loaders already read weights in the role's dtype; this covers modules built some other way.
+    if any(p.dtype != dtype for p in module.parameters() if p.is_floating_point()):
+        module = module.to(dtype)
+    return module
+
+
 def make_vae_handle(
     vae: nn.Module,
     *,
@@ -95,9 +100,7 @@ def make_vae_handle(
     name: str,
     loader: Callable[[], Mapping[str, torch.Tensor]] | None = None,
 ) -> VAEHandle:
-    dtype = _storage_dtype(manager, ModelRole.VAE)
-    if any(p.dtype != dtype for p in vae.parameters() if p.is_floating_point()):
-        vae = vae.to(dtype)
+    vae = _in_dtype(vae, _storage_dtype(manager, ModelRole.VAE))
     managed = manager.register(vae, name=f"{name} (VAE)", loader=loader)
     return VAEHandle(manager.patcher(managed), manager=manager, name=name)
 
@@ -105,9 +108,7 @@ def make_vae_handle(
 def make_clip_handle(
     encoder: nn.Module, *, manager: ModelManager, name: str, embeddings_folder: str | os.PathLike[str] | None
 ) -> ClipHandle:
-    dtype = _storage_dtype(manager, ModelRole.TEXT_ENCODER)
-    if any(p.dtype != dtype for p in encoder.parameters() if p.is_floating_point()):
-        encoder = encoder.to(dtype)
+    encoder = _in_dtype(encoder, _storage_dtype(manager, ModelRole.TEXT_ENCODER))
     managed = manager.register(encoder, name=f"{name} (text encoder)")
     library = EmbeddingLibrary(embeddings_folder) if embeddings_folder is not None else None
     return ClipHandle(manager.patcher(managed), manager=manager, embeddings=library, name=name)
@@ -125,16 +126,19 @@ def load_checkpoint_handles(
     """(MODEL, CLIP, VAE) of a single-file checkpoint (or diffusers folder).
 
     CLIP / VAE are None when the file has none (or when not wanted); a node that needs them then raises
-    `VAEMissingError` through `require_vae`. Raises CheckpointError (naming the file) for unusable files.
+    `VAEMissingError` through `engine.handles.require_vae`. Raises CheckpointError (naming the file) for
+    unusable files.
     """
     p = Path(path)
     components = ["unet"] + (["text"] if want_clip else []) + (["vae"] if want_vae else [])
-    ck = load_checkpoint(
-        p,
-        dtype=_storage_dtype(manager, ModelRole.UNET),
-        prediction_type=prediction_type,
-        components=components,
-    )
+    # Each component is read straight into its role's storage dtype: reading everything in the UNet's
+    # (bf16, fp8) and casting VAE / text encoder back up would round their weights.
+    dtypes = {
+        "unet": _storage_dtype(manager, ModelRole.UNET),
+        "vae": _storage_dtype(manager, ModelRole.VAE),
+        "text": _storage_dtype(manager, ModelRole.TEXT_ENCODER),
+    }
+    ck = load_checkpoint(p, dtypes=dtypes, prediction_type=prediction_type, components=components)
     spec = ck.spec
     name = _display_name(p)
     model = make_model_handle(
@@ -159,15 +163,6 @@ def load_checkpoint_handles(
     return model, clip, vae
 
 
-def require_vae(vae: VAEHandle | None, checkpoint_name: str = "the checkpoint") -> VAEHandle:
-    if vae is None:
-        raise VAEMissingError(
-            f"{checkpoint_name} has no VAE weights (no 'first_stage_model.*' keys); load a VAE file with "
-            "VAELoader and connect its output instead"
-        )
-    return vae
-
-
 def load_vae_handle(path: str | os.PathLike[str], *, manager: ModelManager) -> VAEHandle:
     """A standalone VAE file (original or diffusers layout, with or without 'first_stage_model.')."""
     p = Path(path)
@@ -189,7 +184,7 @@ def load_clip_handle(
     OpenCLIP ViT-H text tower in open_clip layout (`transformer.resblocks.*`, `token_embedding.weight`)
     -> SD2 conditioning. Other types (sd3, stable_cascade, flux, ...) are refused with a clear message.
     """
-    from engine.diffusion.text import clip_models as cm
+    from engine.diffusion.checkpoints import clip_text as cm
     from engine.diffusion.text.encoder import SDTextEncoder
 
     p = Path(path)
@@ -255,10 +250,6 @@ def load_unet_handle(
     )
 
 
-def family_of(handle: Any) -> str:
-    return str(getattr(handle, "family", ModelFamily.SD1))
-
-
 __all__ = [
     "ModelFileError",
     "VAE_PREFIX",
@@ -266,5 +257,4 @@ __all__ = [
     "load_clip_handle",
     "load_unet_handle",
     "load_vae_handle",
-    "require_vae",
 ]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -12,28 +12,34 @@ from engine.diffusion.models import sdxl_conditioning as sdxl
 from engine.diffusion.sampling.diffusion_model import AdmBuilder, DiffusionModel
 from engine.diffusion.sampling.model_sampling import ModelSampling
 from engine.diffusion.sampling.preview import latent_to_rgb
+from engine.handles.base import ManagedHandle
 from engine.memory.manager import ModelManager
-from engine.memory.patcher import ModelPatcher, WeightPatch
+from engine.memory.patcher import ModelPatcher
 
 # Latent -> RGB preview factors per family (engine.diffusion.sampling.preview knows sd1/sd2/sdxl).
 _PREVIEW_FAMILY = {"sd1": "sd1", "sd2": "sd2", "sd2_v": "sd2", "sdxl": "sdxl", "sdxl_refiner": "sdxl"}
 
 
+def _size_and_crop(cond: Mapping[str, Any], width: int, height: int) -> dict[str, Any]:
+    # CLIPTextEncodeSDXL's keys; the latent's pixel size when they are absent, as ComfyUI does.
+    return {
+        "width": cond.get("width", width),
+        "height": cond.get("height", height),
+        "crop_w": cond.get("crop_w", 0),
+        "crop_h": cond.get("crop_h", 0),
+    }
+
+
 def sdxl_adm_builder(cond: Mapping[str, Any], width: int, height: int) -> torch.Tensor | None:
-    """SDXL base ADM vector from a CONDITIONING entry's options (CLIPTextEncodeSDXL keys; the latent's pixel
-    size when they are absent, as ComfyUI does)."""
+    """SDXL base ADM vector from a CONDITIONING entry's options."""
     pooled = cond.get("pooled_output")
     if pooled is None:
         return None
-    return sdxl.sdxl_adm(
-        pooled,
-        width=cond.get("width", width),
-        height=cond.get("height", height),
-        crop_w=cond.get("crop_w", 0),
-        crop_h=cond.get("crop_h", 0),
-        target_width=cond.get("target_width", width),
-        target_height=cond.get("target_height", height),
-    )
+    target = {
+        "target_width": cond.get("target_width", width),
+        "target_height": cond.get("target_height", height),
+    }
+    return sdxl.sdxl_adm(pooled, **_size_and_crop(cond, width, height), **target)
 
 
 def sdxl_refiner_adm_builder(cond: Mapping[str, Any], width: int, height: int) -> torch.Tensor | None:
@@ -41,14 +47,8 @@ def sdxl_refiner_adm_builder(cond: Mapping[str, Any], width: int, height: int) -
     pooled = cond.get("pooled_output")
     if pooled is None:
         return None
-    return sdxl.sdxl_refiner_adm(
-        pooled,
-        width=cond.get("width", width),
-        height=cond.get("height", height),
-        crop_w=cond.get("crop_w", 0),
-        crop_h=cond.get("crop_h", 0),
-        aesthetic_score=cond.get("aesthetic_score", 6.0),
-    )
+    score = cond.get("aesthetic_score", 6.0)
+    return sdxl.sdxl_refiner_adm(pooled, **_size_and_crop(cond, width, height), aesthetic_score=score)
 
 
 def adm_builder_for(family: str) -> AdmBuilder | None:
@@ -59,7 +59,7 @@ def adm_builder_for(family: str) -> AdmBuilder | None:
     return None
 
 
-class ModelHandle:
+class ModelHandle(ManagedHandle):
     """A diffusion model as it travels on a MODEL socket.
 
     `patcher` wraps the UNet (registered with `manager`); `model_options` holds per-clone options such as
@@ -81,8 +81,7 @@ class ModelHandle:
         name: str = "model",
         model_options: dict[str, Any] | None = None,
     ) -> None:
-        self.patcher = patcher
-        self.manager = manager
+        super().__init__(patcher, manager=manager, name=name)
         self.model_sampling = model_sampling
         self.family = family
         self.adm_builder: AdmBuilder | None = adm_builder_for(family)
@@ -90,7 +89,6 @@ class ModelHandle:
         self.latent_channels = latent_channels
         # Pixels per latent pixel of the VAE this model was trained with (8 for every real SD family).
         self.vae_downscale = vae_downscale
-        self.name = name
         self.model_options: dict[str, Any] = model_options if model_options is not None else {}
 
     # ---- identity and variants -------------------------------------------------------------
@@ -99,32 +97,18 @@ class ModelHandle:
         return self.patcher.module
 
     def clone(self) -> ModelHandle:
-        c = copy.copy(self)
-        c.patcher = self.patcher.clone()
+        c = super().clone()
         opts = dict(self.model_options)
         if "transformer_options" in opts:
             opts["transformer_options"] = copy.deepcopy(opts["transformer_options"])
         c.model_options = opts
         return c
 
-    def add_patches(
-        self,
-        patches: Mapping[str, WeightPatch | torch.Tensor],
-        strength_patch: float = 1.0,
-        strength_model: float = 1.0,
-    ) -> list[str]:
-        """Add weight patches (keys are UNet state-dict names) to this handle; see ModelPatcher."""
-        return self.patcher.add_patches(patches, strength_patch, strength_model)
-
     @property
     def transformer_options(self) -> dict[str, Any]:
         return self.model_options.setdefault("transformer_options", {})
 
     # ---- use --------------------------------------------------------------------------------
-    def use(self, extra_bytes: int = 0) -> Any:
-        """`with handle.use(): ...` — the UNet (this clone's patches applied) on the compute device."""
-        return self.manager.use(self.patcher, extra_bytes=extra_bytes)
-
     @property
     def device(self) -> torch.device:
         return self.manager.compute_device
@@ -151,19 +135,6 @@ class ModelHandle:
         if max(image.size) > max_side:
             image.thumbnail((max_side, max_side))
         return image
-
-    def preview_callback(
-        self, report: Callable[[int, int, Any], None] | None
-    ) -> Callable[[int, int, torch.Tensor, torch.Tensor], None] | None:
-        """Adapt a `report(step, total, preview)` function (ExecutionContext.progress) to the samplers'
-        `callback(index, total, x, x0)`; an exception raised by `report` (interrupt) stops sampling."""
-        if report is None:
-            return None
-
-        def callback(index: int, total: int, x: torch.Tensor, x0: torch.Tensor) -> None:
-            report(index + 1, total, self.preview_image(x0))
-
-        return callback
 
     def __repr__(self) -> str:
         return f"ModelHandle({self.name!r}, family={self.family}, patches={len(self.patcher.patches)})"

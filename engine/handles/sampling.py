@@ -2,29 +2,27 @@
 
 The values that travel on the custom-sampling sockets are defined here: SAMPLER (a registered
 `SamplerSpec`), SIGMAS (a 1-D float tensor), NOISE (`RandomNoise` / `DisabledNoise`) and GUIDER (`Guider`).
-Noise is drawn on the CPU from the seed (engine.diffusion.sampling.noise), so results do not depend on the
-device. Progress goes to a `report(step, total, preview_image)` function (ExecutionContext.progress); an
-exception it raises (an interrupt) stops sampling and propagates.
+Noise is drawn from the seed as ComfyUI draws it (engine.diffusion.sampling.noise: the initial noise on the
+CPU, ancestral per-step noise on the model's device). Progress goes to a `report(step, total, preview)`
+function (ExecutionContext.progress) through one adapter, `StepReporter`, which the samplers call with
+their `StepInfo`; `preview` is a zero-argument function rendering the step's preview image, called only
+if the sink shows previews. An exception `report` raises (an interrupt) stops sampling and propagates.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from engine.diffusion.sampling import ksampler, schedulers
 from engine.diffusion.sampling.guidance import CFGDenoiser, prepare_denoise_mask
-from engine.diffusion.sampling.registry import (
-    SamplerRegistry,
-    SamplerSpec,
-    SchedulerRegistry,
-    default_sampler_registry,
-    default_scheduler_registry,
-)
+from engine.diffusion.sampling.registry import SamplerRegistry, SamplerSpec, SchedulerRegistry
+from engine.diffusion.sampling.samplers._common import StepInfo
+from engine.extensions import SamplerDeclaration, SchedulerDeclaration
 from engine.handles.model import ModelHandle
 
 Report = Callable[[int, int, Any], None]
@@ -33,22 +31,57 @@ Conditioning = Sequence[Sequence[Any]]
 
 @dataclass
 class SamplingLibrary:
-    """The sampler and scheduler registries nodes choose from (plugins may register more)."""
+    """The sampler and scheduler registries nodes choose from: one per runtime, built at start-up with
+    the built-in entries; packs add theirs (`api.register_sampler`), which then appear in every sampler
+    combo. Nodes reach it as `context.samplers`. The runtime builds it (engine.runtime.sampling_library);
+    everything else is handed this one."""
 
-    samplers: SamplerRegistry = field(default_factory=default_sampler_registry)
-    schedulers: SchedulerRegistry = field(default_factory=default_scheduler_registry)
+    samplers: SamplerRegistry
+    schedulers: SchedulerRegistry
+
+    def sampler_names(self) -> list[str]:
+        return self.samplers.names()
+
+    def scheduler_names(self) -> list[str]:
+        return self.schedulers.names()
+
+    def sampler(self, name: str) -> SamplerSpec:
+        return self.samplers.get(name)
+
+    def add_sampler(self, declaration: SamplerDeclaration) -> None:
+        d = declaration
+        spec = SamplerSpec(
+            d.name,
+            d.function,
+            d.noise,
+            discard_penultimate_sigma=d.discard_penultimate_sigma,
+            options=d.options,
+        )
+        self.samplers.register(spec)
+
+    def add_scheduler(self, declaration: SchedulerDeclaration) -> None:
+        self.schedulers.register(declaration.name, declaration.function)
 
 
-def sampler_names() -> list[str]:
-    return default_sampler_registry().names()
+# ---- progress -----------------------------------------------------------------------------------
 
 
-def scheduler_names() -> list[str]:
-    return default_scheduler_registry().names()
+class StepReporter:
+    """The one adapter from the samplers' progress shape (`StepInfo`, 0-based) to the sink's
+    `report(step, total, preview)` (1-based). The preview is passed unrendered, so only a sink that
+    shows previews pays for the latent→RGB conversion. Also keeps the last clean-latent estimate
+    (SamplerCustomAdvanced's `denoised_output`)."""
 
+    def __init__(self, model: ModelHandle, report: Report | None) -> None:
+        self.model = model
+        self.report = report
+        self.last_denoised: torch.Tensor | None = None
 
-def get_sampler(name: str, library: SamplingLibrary | None = None) -> SamplerSpec:
-    return (library or SamplingLibrary()).samplers.get(name)
+    def __call__(self, info: StepInfo) -> None:
+        self.last_denoised = info.denoised
+        if self.report is not None:
+            model, x0 = self.model, info.denoised
+            self.report(info.index + 1, info.total, lambda: model.preview_image(x0))
 
 
 # ---- latents ------------------------------------------------------------------------------------
@@ -98,10 +131,9 @@ def ksample(
     last_step: int | None = None,
     force_full_denoise: bool = False,
     report: Report | None = None,
-    library: SamplingLibrary | None = None,
+    library: SamplingLibrary,
 ) -> dict[str, Any]:
     """KSampler / KSamplerAdvanced: returns a LATENT dict (the input's keys kept, samples replaced)."""
-    lib = library or SamplingLibrary()
     samples = _samples(latent)
     _check_channels(model, samples)
     noise = None
@@ -125,10 +157,10 @@ def ksample(
             last_step=last_step,
             force_full_denoise=force_full_denoise,
             noise_mask=latent.get("noise_mask"),
-            callback=model.preview_callback(report),
+            callback=StepReporter(model, report) if report is not None else None,
             seed=seed,
-            samplers=lib.samplers,
-            schedulers=lib.schedulers,
+            samplers=library.samplers,
+            schedulers=library.schedulers,
             transformer_options=model.model_options.get("transformer_options"),
         )
     return _with_samples(latent, out.to("cpu", torch.float32))
@@ -142,15 +174,15 @@ def scheduler_sigmas(
     scheduler: str,
     steps: int,
     denoise: float = 1.0,
-    library: SamplingLibrary | None = None,
+    *,
+    library: SamplingLibrary,
 ) -> torch.Tensor:
     """BasicScheduler: `steps` sigmas of `scheduler` for the model (denoise < 1: the last part of a
     longer schedule; denoise 0: an empty tensor, ComfyUI's 'nothing to do')."""
-    lib = library or SamplingLibrary()
     if denoise <= 0.0:
         return torch.zeros(0)
     return ksampler.ksampler_sigmas(
-        model.model_sampling, scheduler, steps, denoise, schedulers=lib.schedulers
+        model.model_sampling, scheduler, steps, denoise, schedulers=library.schedulers
     )
 
 
@@ -267,14 +299,7 @@ def custom_sample(
         return _with_samples(latent, samples.clone()), _with_samples(latent, samples.clone())
     initial = noise.generate(latent)
     device = model.device
-    last_x0: list[torch.Tensor] = []
-    progress = model.preview_callback(report)
-
-    def callback(index: int, total: int, x: torch.Tensor, x0: torch.Tensor) -> None:
-        last_x0[:] = [x0]
-        if progress is not None:
-            progress(index, total, x, x0)
-
+    reporter = StepReporter(model, report)
     with model.use():
         lat = samples.to(device, torch.float32)
         mask = latent.get("noise_mask")
@@ -282,10 +307,11 @@ def custom_sample(
         den = guider.denoiser(lat, latent_image=lat, denoise_mask=mask)
         seed = int(getattr(noise, "seed", 0))
         out = ksampler.sample_custom(
-            den, sampler, sigmas, initial.to(device), lat, callback, noise_mask=mask, seed=seed
+            den, sampler, sigmas, initial.to(device), lat, reporter, noise_mask=mask, seed=seed
         )
     out = out.to("cpu", torch.float32)
-    denoised = last_x0[0].to("cpu", torch.float32) if last_x0 else out.clone()
+    last = reporter.last_denoised
+    denoised = last.to("cpu", torch.float32) if last is not None else out.clone()
     return _with_samples(latent, out), _with_samples(latent, denoised)
 
 

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
+from engine.handles.base import ManagedHandle
 from engine.memory import oom
 from engine.memory.manager import ModelManager
 from engine.memory.patcher import ModelPatcher
@@ -15,18 +14,22 @@ class VAEMissingError(ValueError):
     """A node needs a VAE but the checkpoint file had none."""
 
 
-class VAEHandle:
+NO_VAE = "vae input is None: the checkpoint has no VAE weights; load a VAE file with VAELoader and connect it"
+
+
+def require_vae(vae: VAEHandle | None) -> VAEHandle:
+    """`vae`, or the error that says where a VAE comes from when the checkpoint had none."""
+    if vae is None:
+        raise VAEMissingError(NO_VAE)
+    return vae
+
+
+class VAEHandle(ManagedHandle):
     """A KL autoencoder behind the memory manager. Images follow ComfyUI's IMAGE convention
     (float32, channels last, 0..1); latents are the scaled latents the samplers see."""
 
     def __init__(self, patcher: ModelPatcher, *, manager: ModelManager, name: str = "vae") -> None:
-        self.patcher = patcher
-        self.manager = manager
-        self.name = name
-
-    @property
-    def module(self) -> Any:
-        return self.patcher.module
+        super().__init__(patcher, manager=manager, name=name)
 
     @property
     def downscale(self) -> int:
@@ -36,9 +39,6 @@ class VAEHandle:
     @property
     def latent_channels(self) -> int:
         return int(self.module.config.embed_dim)
-
-    def clone(self) -> VAEHandle:
-        return VAEHandle(self.patcher.clone(), manager=self.manager, name=self.name)
 
     def _device(self) -> torch.device:
         info = self.manager.device_info
@@ -66,13 +66,17 @@ class VAEHandle:
             )
         image = self.crop_to_multiple(image)
         device = self._device()
-        with self.manager.use(self.patcher):
+        with self.use():
             pixels = image[..., :3].movedim(-1, 1).to(device, torch.float32) * 2.0 - 1.0
             if tile_size is not None:
                 out = self.module.encode(pixels, tile_size=tile_size, tile_overlap=overlap)
             else:
-                out = oom.vae_encode_with_fallback(
-                    self.module, pixels, device=device, on_oom=lambda: self.manager.free_memory(1 << 62)
+                out = oom.vae_with_fallback(
+                    self.module,
+                    "encode",
+                    pixels,
+                    device=device,
+                    on_oom=lambda: self.manager.free_memory(1 << 62),
                 )
         return out.to("cpu", torch.float32)
 
@@ -90,13 +94,13 @@ class VAEHandle:
                 f"{self.latent_channels}; the latent comes from a different model family"
             )
         device = self._device()
-        with self.manager.use(self.patcher):
+        with self.use():
             z = latent.to(device, torch.float32)
             if tile_size is not None:
                 out = self.module.decode(z, tile_size=tile_size, tile_overlap=overlap)
             else:
-                out = oom.vae_decode_with_fallback(
-                    self.module, z, device=device, on_oom=lambda: self.manager.free_memory(1 << 62)
+                out = oom.vae_with_fallback(
+                    self.module, "decode", z, device=device, on_oom=lambda: self.manager.free_memory(1 << 62)
                 )
         image = ((out.float() + 1.0) / 2.0).clamp(0.0, 1.0)
         return image.movedim(1, -1).to("cpu").contiguous()

@@ -1,8 +1,12 @@
-"""Compute-device selection and the memory flags users know from ComfyUI.
+"""Compute-device selection, the memory options users know from ComfyUI, and memory readings.
 
 Nothing here probes hardware at import time: `select_device(options)` is called once by the CLI / app factory
 at start-up, and every decision it makes is recorded in a `DeviceInfo` that is passed around explicitly
-(to the model manager, the dtype policy, `/system_stats`).
+(to the model manager, the dtype policy, `/system_stats`). The command-line flags themselves are defined in
+engine.cli (`add_memory_arguments`), which turns them into the plain `MemoryOptions` below.
+
+Memory figures are `(free, total)` bytes everywhere in engine.memory (`device_memory`, `read_meminfo`,
+`oom.memory_figures`), the order of torch.cuda.mem_get_info.
 
 Hardware is reached through a small `DeviceProbe` object so the decisions (flags -> device, VRAM state,
 dtype support) can be tested on a machine without a GPU by handing in a probe that describes one.
@@ -10,10 +14,10 @@ dtype support) can be tested on a machine without a GPU by handing in a probe th
 
 from __future__ import annotations
 
-import argparse
 import enum
-from collections.abc import Sequence
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -39,13 +43,6 @@ def parse_dtype(name: str) -> torch.dtype:
     return DTYPE_NAMES[key]
 
 
-def dtype_name(dtype: torch.dtype) -> str:
-    for name, value in DTYPE_NAMES.items():
-        if value == dtype:
-            return name
-    return str(dtype).removeprefix("torch.")
-
-
 class VRAMState(enum.Enum):
     """How aggressively models are kept on the compute device (ComfyUI's VRAMState, same meanings)."""
 
@@ -69,7 +66,7 @@ class VRAMMode(enum.Enum):
 
 @dataclass(frozen=True)
 class MemoryOptions:
-    """The memory/device part of the command line, already parsed and validated."""
+    """The memory/device options (the command line's flags, parsed by engine.cli), validated."""
 
     cpu: bool = False
     vram_mode: VRAMMode = VRAMMode.AUTO
@@ -92,75 +89,6 @@ class MemoryOptions:
             raise ValueError(f"--ram-budget must be > 0 GB, got {self.ram_budget_gb}")
         if self.cpu and self.vram_mode in (VRAMMode.GPU_ONLY, VRAMMode.HIGH, VRAMMode.LOW, VRAMMode.NO):
             raise ValueError(f"--cpu cannot be combined with --{self.vram_mode.value}")
-
-    @classmethod
-    def from_args(cls, ns: argparse.Namespace) -> MemoryOptions:
-        """Build from a namespace filled by a parser that `add_memory_arguments` was applied to."""
-        mode = VRAMMode(getattr(ns, "vram_mode", None) or "auto")
-
-        def dt(attr: str) -> torch.dtype | None:
-            value = getattr(ns, attr, None)
-            return parse_dtype(value) if value else None
-
-        return cls(
-            cpu=bool(getattr(ns, "cpu", False)),
-            vram_mode=mode,
-            reserve_vram_gb=getattr(ns, "reserve_vram", None),
-            cuda_device=getattr(ns, "cuda_device", None),
-            unet_dtype=dt("unet_dtype"),
-            text_encoder_dtype=dt("text_encoder_dtype"),
-            vae_dtype=dt("vae_dtype"),
-            force_fp32=bool(getattr(ns, "force_fp32", False)),
-            force_fp16=bool(getattr(ns, "force_fp16", False)),
-            cpu_vae=bool(getattr(ns, "cpu_vae", False)),
-            ram_budget_gb=getattr(ns, "ram_budget", None),
-        )
-
-
-def add_memory_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
-    """Add the device/memory flags to `parser` (ComfyUI's names; --ram-budget is ours)."""
-    group = parser.add_argument_group("device and memory")
-    group.add_argument("--cpu", action="store_true", help="Run everything on the CPU (slow).")
-    group.add_argument(
-        "--cuda-device", type=int, default=None, metavar="INDEX", help="Which CUDA device to use (default 0)."
-    )
-    modes = group.add_mutually_exclusive_group()
-    for mode, text in (
-        (VRAMMode.GPU_ONLY, "Keep everything (models, text encoders, intermediates) on the GPU."),
-        (VRAMMode.HIGH, "Keep models in GPU memory instead of offloading them to RAM after use."),
-        (VRAMMode.NORMAL, "Force normal VRAM use (load fully when it fits, otherwise partially)."),
-        (VRAMMode.LOW, "Split models so that only part of them is resident on the GPU (less VRAM)."),
-        (VRAMMode.NO, "Keep no weights resident: stream every layer to the GPU for its forward pass."),
-    ):
-        modes.add_argument(
-            f"--{mode.value}", dest="vram_mode", action="store_const", const=mode.value, help=text
-        )
-    group.add_argument(
-        "--reserve-vram",
-        type=float,
-        default=None,
-        metavar="GB",
-        help="GB of VRAM to leave free for other software (default: a small safety margin).",
-    )
-    choices = list(DTYPE_NAMES)
-    group.add_argument("--unet-dtype", choices=choices, default=None, help="Storage dtype of the UNet.")
-    group.add_argument(
-        "--text-encoder-dtype", choices=choices, default=None, help="Storage dtype of the text encoders."
-    )
-    group.add_argument("--vae-dtype", choices=choices, default=None, help="Dtype of the VAE.")
-    precision = group.add_mutually_exclusive_group()
-    precision.add_argument("--force-fp32", action="store_true", help="Run every model in float32.")
-    precision.add_argument("--force-fp16", action="store_true", help="Run models in float16 where allowed.")
-    group.add_argument("--cpu-vae", action="store_true", help="Run the VAE on the CPU.")
-    group.add_argument(
-        "--ram-budget",
-        type=float,
-        default=None,
-        metavar="GB",
-        help="Keep at most this many GB of offloaded model weights in RAM; beyond it, least recently "
-        "used models are dropped and re-read from their (memory-mapped) file when needed again.",
-    )
-    return group
 
 
 @dataclass(frozen=True)
@@ -203,9 +131,34 @@ class DeviceProbe:
 
 def ram_total_bytes() -> int:
     """Physical RAM in bytes (reads /proc/meminfo; falls back to sysconf)."""
-    from engine.memory.stats import read_meminfo  # local: stats imports this module
+    return read_meminfo()[1]
 
-    return read_meminfo()[0]
+
+def read_meminfo(path: str | os.PathLike[str] = "/proc/meminfo") -> tuple[int, int]:
+    """(available, total) RAM in bytes -- (free, total) like every figure pair in engine.memory. Linux: /proc/meminfo (MemAvailable, or MemFree+Buffers+Cached on
+    kernels before 3.14); elsewhere: sysconf page counts (available then is the free page count)."""
+    try:
+        fields: dict[str, int] = {}
+        for line in Path(path).read_text().splitlines():
+            key, _, rest = line.partition(":")
+            parts = rest.split()
+            if parts:
+                # values are in kB (kibibytes) per proc(5)
+                fields[key.strip()] = int(parts[0]) * (1024 if parts[1:] == ["kB"] else 1)
+        total = fields["MemTotal"]
+        available = fields.get("MemAvailable")
+        if available is None:
+            available = fields.get("MemFree", 0) + fields.get("Buffers", 0) + fields.get("Cached", 0)
+        return available, total
+    except (OSError, KeyError, ValueError):
+        pass
+    try:
+        page = os.sysconf("SC_PAGE_SIZE")
+        total = os.sysconf("SC_PHYS_PAGES") * page
+        avail = os.sysconf("SC_AVPHYS_PAGES") * page
+        return int(avail), int(total)
+    except (ValueError, OSError, AttributeError):
+        return 0, 0
 
 
 @dataclass(frozen=True)
@@ -340,9 +293,7 @@ def device_memory(device: torch.device) -> tuple[int, int]:
         # Memory torch has reserved in its caching allocator but not handed out is free for us too.
         cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
         return int(free + cached), int(total)
-    from engine.memory.stats import read_meminfo
-
-    total, available = read_meminfo()
+    available, total = read_meminfo()
     if device.type == "mps":
         allocated = int(getattr(torch.mps, "current_allocated_memory", lambda: 0)())
         fn = getattr(torch.mps, "recommended_max_memory", None)
@@ -359,10 +310,3 @@ def empty_cache(device: torch.device) -> None:
         fn = getattr(torch.mps, "empty_cache", None)
         if fn is not None:
             fn()
-
-
-def describe(info: DeviceInfo, choices: Sequence[tuple[str, torch.dtype]] = ()) -> str:
-    """One start-up line for the log: device, VRAM state and dtype choices."""
-    parts = [f"device {info.name}", f"vram state {info.vram_state.value}"]
-    parts += [f"{what} {dtype_name(dt)}" for what, dt in choices]
-    return ", ".join(parts)

@@ -116,11 +116,6 @@ def choose_dtype(
     return DtypeChoice(torch.float32, torch.float32)
 
 
-def choose_all(info: DeviceInfo) -> dict[ModelRole, DtypeChoice]:
-    """The default choice for every role (for the start-up log line and /system_stats)."""
-    return {role: choose_dtype(info, role) for role in ModelRole}
-
-
 STORAGE_LAYER_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 

@@ -166,12 +166,6 @@ class ModelManager:
             self._enforce_ram_budget(keep=(handle,))
             return handle
 
-    def unregister(self, handle: ManagedModel) -> None:
-        with self._lock:
-            if handle.on_device:
-                self._offload(handle)
-            self._refs = [r for r in self._refs if r() is not None and r() is not handle]
-
     @property
     def _models(self) -> list[ManagedModel]:
         """The registered models still alive (pruning the references to collected ones)."""
@@ -190,8 +184,12 @@ class ModelManager:
             return next((h for h in self._models if h.module is module), None)
 
     def patcher(self, handle: ManagedModel) -> ModelPatcher:
-        """A ModelPatcher (no patches yet) over a registered model."""
-        return ModelPatcher(handle.module, self, handle=handle)
+        """A ModelPatcher (no patches yet) over a registered model; its clones share the model's
+        `PatchState`, which records which clone's patches are written into the weights."""
+        with self._lock:
+            if handle not in self._models:
+                raise ValueError(f"model {handle.name!r} is not registered with this manager")
+        return ModelPatcher(handle.module, handle=handle)
 
     # ------------------------------------------------------------------ figures
     @property
@@ -289,7 +287,9 @@ class ModelManager:
             handle = target
         elif isinstance(target, ModelPatcher):
             if target.handle is None:
-                raise ValueError("this ModelPatcher was created without a manager; build it with manager=")
+                raise ValueError(
+                    "this ModelPatcher is not over a registered model; get it from manager.patcher()"
+                )
             handle = target.handle
         else:
             raise TypeError(f"use() takes a ManagedModel or ModelPatcher, got {type(target).__name__}")

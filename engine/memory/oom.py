@@ -7,7 +7,7 @@ import gc
 import inspect
 import sys
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import torch
 
@@ -136,16 +136,6 @@ def _release(device: torch.device | None, on_oom: Callable[[], object] | None) -
         empty_cache(device)
 
 
-class TiledVAE(Protocol):
-    """What the fallback needs from a VAE: `decode`/`encode` whose tiled mode is switched on by a
-    `tile_size=` keyword (engine.diffusion.models.vae.AutoencoderKL; overlap as `tile_overlap=`), or by
-    `tiled=True`, or separate `decode_tiled`/`encode_tiled` methods."""
-
-    def decode(self, latents: torch.Tensor, **kwargs: Any) -> torch.Tensor: ...
-
-    def encode(self, images: torch.Tensor, **kwargs: Any) -> torch.Tensor: ...
-
-
 # ComfyUI's VAEDecodeTiled defaults, in image pixels.
 DEFAULT_TILE_SIZE = 512
 DEFAULT_TILE_OVERLAP = 64
@@ -176,17 +166,21 @@ def _call_tiled(vae: Any, method: str, x: torch.Tensor, tile_size: int, overlap:
     return fn(x, **kwargs)
 
 
-def _with_fallback(
+def vae_with_fallback(
     vae: Any,
-    method: str,
+    method: Literal["encode", "decode"],
     x: torch.Tensor,
     *,
-    tile_size: int,
-    overlap: int,
-    on_oom: Callable[[], object] | None,
-    device: torch.device | None,
-    tiled_first: bool,
+    tile_size: int = DEFAULT_TILE_SIZE,
+    overlap: int = DEFAULT_TILE_OVERLAP,
+    on_oom: Callable[[], object] | None = None,
+    device: torch.device | None = None,
+    tiled_first: bool = False,
 ) -> torch.Tensor:
+    """`vae.decode(x)` / `vae.encode(x)`; on OOM, free (`on_oom`) and run it tiled; on OOM again,
+    InsufficientMemoryError. `tile_size`/`overlap` are in image pixels (ComfyUI's VAEDecodeTiled
+    convention, 512/64). The VAE's tiled mode is a `tile_size=` keyword (overlap as `tile_overlap=`),
+    a `tiled=True` keyword, or separate `decode_tiled`/`encode_tiled` methods."""
     if not tiled_first:
         try:
             return getattr(vae, method)(x)
@@ -209,50 +203,3 @@ def _with_fallback(
             device=str(dev),
             hint="try a smaller tile size, --cpu-vae, --lowvram, or a smaller batch/resolution",
         ) from exc
-
-
-def vae_decode_with_fallback(
-    vae: Any,
-    latents: torch.Tensor,
-    *,
-    tile_size: int = DEFAULT_TILE_SIZE,
-    overlap: int = DEFAULT_TILE_OVERLAP,
-    on_oom: Callable[[], object] | None = None,
-    device: torch.device | None = None,
-    tiled_first: bool = False,
-) -> torch.Tensor:
-    """`vae.decode(latents)`; on OOM, free (`on_oom`) and decode tiled; on OOM again, InsufficientMemoryError.
-    `tile_size`/`overlap` are in image pixels (ComfyUI's VAEDecodeTiled convention, 512/64)."""
-    return _with_fallback(
-        vae,
-        "decode",
-        latents,
-        tile_size=tile_size,
-        overlap=overlap,
-        on_oom=on_oom,
-        device=device,
-        tiled_first=tiled_first,
-    )
-
-
-def vae_encode_with_fallback(
-    vae: Any,
-    images: torch.Tensor,
-    *,
-    tile_size: int = DEFAULT_TILE_SIZE,
-    overlap: int = DEFAULT_TILE_OVERLAP,
-    on_oom: Callable[[], object] | None = None,
-    device: torch.device | None = None,
-    tiled_first: bool = False,
-) -> torch.Tensor:
-    """Encode counterpart of `vae_decode_with_fallback`."""
-    return _with_fallback(
-        vae,
-        "encode",
-        images,
-        tile_size=tile_size,
-        overlap=overlap,
-        on_oom=on_oom,
-        device=device,
-        tiled_first=tiled_first,
-    )

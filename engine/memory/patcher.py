@@ -6,6 +6,10 @@ Patches are applied when the model is loaded for use (by the ModelManager, or by
 removed exactly when it is unloaded or another clone with a different patch set is used: the original
 tensors are kept aside and restored bit for bit (no arithmetic undo, hence no drift however many cycles).
 
+The patch kinds themselves live in `engine.memory.weight_patches`. A patcher does not know the model
+manager: the manager creates patchers (`ModelManager.patcher`) over the models it registered and applies
+their patches when it loads them.
+
 Patch list layout per parameter key (ComfyUI's): `[(strength_patch, patch, strength_model), ...]`; the new
 weight is `W * strength_model + strength_patch * patch.delta(W)`, applied in list order, in float32, then
 cast back to the parameter's dtype.
@@ -16,72 +20,18 @@ from __future__ import annotations
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
+from engine.memory.weight_patches import WeightPatch, as_patch
+
 if TYPE_CHECKING:
-    from engine.memory.manager import ManagedModel, ModelManager
-
-
-@runtime_checkable
-class WeightPatch(Protocol):
-    """Anything that can say how much to add to a weight. `weight` is the current weight in float32 on
-    the device where it lives; return a tensor with as many elements (reshaped to the weight's shape)."""
-
-    def delta(self, weight: torch.Tensor) -> torch.Tensor: ...
-
-
-@dataclass(frozen=True)
-class DiffPatch:
-    """A full-weight difference (e.g. a model merge's `B - A`, or a diffusers/kohya 'diff' entry)."""
-
-    diff: torch.Tensor
-
-    def delta(self, weight: torch.Tensor) -> torch.Tensor:
-        return self.diff.to(device=weight.device, dtype=torch.float32)
-
-
-@dataclass(frozen=True)
-class LoRAPatch:
-    """Low-rank update `up @ down * alpha / rank` (Hu et al. 2021, "LoRA", eq. 3; alpha/rank scaling as in
-    kohya-ss sd-scripts). `mid` is the LoCon/LyCORIS Tucker core for convolutions: down (r, in, 1, 1),
-    mid (r, r, kh, kw), up (out, r, 1, 1) give delta[o,i,h,w] = sum_rs up[o,r] mid[r,s,h,w] down[s,i]."""
-
-    up: torch.Tensor
-    down: torch.Tensor
-    alpha: float | None = None
-    mid: torch.Tensor | None = None
-
-    @property
-    def rank(self) -> int:
-        return int(self.down.shape[0])
-
-    def delta(self, weight: torch.Tensor) -> torch.Tensor:
-        device, f32 = weight.device, torch.float32
-        up = self.up.to(device=device, dtype=f32).flatten(start_dim=1)
-        down = self.down.to(device=device, dtype=f32).flatten(start_dim=1)
-        scale = 1.0 if self.alpha is None else self.alpha / self.rank
-        if self.mid is not None:
-            mid = self.mid.to(device=device, dtype=f32)
-            out = torch.einsum("or,rshw,si->oihw", up, mid, down)
-        else:
-            out = up @ down
-        return out * scale
+    from engine.memory.manager import ManagedModel
 
 
 PatchEntry = tuple[float, WeightPatch, float]
-
-
-def _as_patch(value: WeightPatch | torch.Tensor) -> WeightPatch:
-    if isinstance(value, torch.Tensor):
-        return DiffPatch(value)
-    if not isinstance(value, WeightPatch):
-        raise TypeError(
-            f"a patch must be a Tensor (full diff) or have .delta(weight); got {type(value).__name__}"
-        )
-    return value
 
 
 def _get_tensor(module: nn.Module, key: str) -> torch.Tensor:
@@ -170,16 +120,13 @@ class ModelPatcher:
     def __init__(
         self,
         module: nn.Module,
-        manager: ModelManager | None = None,
         *,
-        name: str | None = None,
         handle: ManagedModel | None = None,
         _state: PatchState | None = None,
     ) -> None:
+        """`handle`: the manager's record of `module` (set by `ModelManager.patcher`); without one the
+        patcher works on its own through `apply()` / `remove()`."""
         self.module = module
-        self.manager = manager
-        if handle is None and manager is not None:
-            handle = manager.handle_for(module) or manager.register(module, name=name)
         self.handle = handle
         if _state is None:
             _state = handle.patch_state if handle is not None else PatchState(module)
@@ -192,7 +139,7 @@ class ModelPatcher:
         return self._state
 
     def clone(self) -> ModelPatcher:
-        c = ModelPatcher(self.module, self.manager, handle=self.handle, _state=self._state)
+        c = ModelPatcher(self.module, handle=self.handle, _state=self._state)
         c.patches = {k: list(v) for k, v in self.patches.items()}
         c.patches_uuid = self.patches_uuid  # same patch set until one of them changes it
         return c
@@ -220,15 +167,11 @@ class ModelPatcher:
         added = []
         for key, value in patches.items():
             if key in known:
-                self.patches.setdefault(key, []).append((strength_patch, _as_patch(value), strength_model))
+                self.patches.setdefault(key, []).append((strength_patch, as_patch(value), strength_model))
                 added.append(key)
         if added:
             self.patches_uuid = uuid.uuid4().hex
         return added
-
-    def clear_patches(self) -> None:
-        self.patches = {}
-        self.patches_uuid = uuid.uuid4().hex
 
     def apply(self) -> bool:
         """Write this clone's patches into the shared module (undoing another clone's first)."""

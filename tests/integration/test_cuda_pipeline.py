@@ -8,12 +8,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.diffusion.checkpoints import loader, synthetic
+from engine.diffusion.checkpoints import loader
 from engine.diffusion.sampling.diffusion_model import DiffusionModel
 from engine.diffusion.sampling.ksampler import prepare_noise, sample
 from engine.diffusion.sampling.model_sampling import model_sampling_for
 from engine.memory.devices import MemoryOptions, select_device
 from engine.memory.manager import ModelManager
+from engine.runtime import sampling_library
+from tests.factories import checkpoints as synthetic
 
 pytestmark = [
     pytest.mark.cuda,
@@ -29,6 +31,7 @@ def run_txt2img(ck, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     uncond, _ = ck.text_encoder.encode("")
     latent = torch.zeros(1, 4, 8, 8)
     noise = prepare_noise(latent, seed=42)
+    library = sampling_library()
     samples = sample(
         model,
         noise.to(device),
@@ -40,6 +43,8 @@ def run_txt2img(ck, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
         [[uncond.to(device), {}]],
         latent.to(device),
         seed=42,
+        samplers=library.samplers,
+        schedulers=library.schedulers,
     )
     with torch.no_grad():
         return ck.vae.decode(samples.to(device=device, dtype=next(ck.vae.parameters()).dtype)).float().cpu()

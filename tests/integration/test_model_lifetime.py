@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import gc
 
+import pytest
+
 from engine import api
-from engine.diffusion.checkpoints.synthetic import write_tiny_checkpoint
 from engine.execution.cache import OutputCache
 from engine.folders import Folders
 from engine.graph.api_format import parse_api_workflow
 from engine.runtime import MODEL_MANAGER, build_runtime
+from tests.factories.checkpoints import write_tiny_checkpoint
+
+pytestmark = pytest.mark.slow
 
 
 @api.node("HoldModel", inputs=[api.Input("model", "MODEL")], output_node=True)

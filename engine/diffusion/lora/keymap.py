@@ -22,8 +22,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any, cast
 
-import torch
-
 from engine.diffusion.checkpoints.diffusers_layout import unet_original_to_diffusers
 
 # Parameter leaves a LoRA can address (a module path is the key without one of these).
@@ -106,12 +104,3 @@ def text_encoder_key_map(param_keys: Iterable[str], *, prefix: str = "towers.") 
         for p in diff:
             _add(mapping, p + rest, m)
     return mapping
-
-
-def has_param(module: torch.nn.Module, key: str) -> bool:
-    try:
-        owner, _, leaf = key.rpartition(".")
-        mod = module.get_submodule(owner) if owner else module
-    except AttributeError:
-        return False
-    return leaf in mod._parameters or leaf in mod._buffers

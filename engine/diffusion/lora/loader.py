@@ -26,9 +26,7 @@ from dataclasses import dataclass, field
 import torch
 
 from engine.diffusion.checkpoints.io import read_state_dict
-from engine.memory.patcher import DiffPatch, LoRAPatch, WeightPatch
-
-from .patches import LoHaPatch, LoKrPatch
+from engine.memory.weight_patches import DiffPatch, LoHaPatch, LoKrPatch, LoRAPatch, WeightPatch
 
 # (up suffix, down suffix, mid suffix or None) for every plain-LoRA spelling.
 _LORA_SUFFIXES = (

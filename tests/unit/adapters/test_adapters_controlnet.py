@@ -7,14 +7,16 @@ import torch
 from safetensors.torch import save_file
 
 import engine.diffusion.checkpoints.loader as loader
-import engine.diffusion.checkpoints.synthetic as synthetic
+import tests.factories.checkpoints as synthetic
+from engine.diffusion.checkpoints.control import build_controlnet, build_t2i_adapter, is_t2i_adapter
 from engine.diffusion.checkpoints.io import read_state_dict
 from engine.diffusion.models.control_apply import ControlApplication, fit_hint
-from engine.diffusion.models.controlnet import ControlNetModel, build_controlnet
-from engine.diffusion.models.t2i_adapter import T2IAdapter, build_t2i_adapter, is_t2i_adapter
+from engine.diffusion.models.controlnet import ControlNetModel
+from engine.diffusion.models.t2i_adapter import T2IAdapter
 from engine.diffusion.sampling.diffusion_model import DiffusionModel
 from engine.diffusion.sampling.ksampler import sample
 from engine.diffusion.sampling.model_sampling import model_sampling_for
+from engine.runtime import sampling_library
 
 
 def _randomise(model, seed):
@@ -41,14 +43,27 @@ def _run(sd1, control, steps=3):
     negative still share one batched UNet call, as in the plain run)."""
     model = DiffusionModel(sd1.unet, model_sampling_for("eps"))
     latent = torch.zeros(1, 4, 8, 8)
+    lib = sampling_library()
     ctx, _ = sd1.text_encoder.encode("a cat")
     neg, _ = sd1.text_encoder.encode("")
     with torch.no_grad():
         return sample(
-            model, None, steps, 5.0, "euler", "normal", [[ctx, control]], [[neg, control]], latent, seed=7
+            model,
+            None,
+            steps,
+            5.0,
+            "euler",
+            "normal",
+            [[ctx, control]],
+            [[neg, control]],
+            latent,
+            seed=7,
+            samplers=lib.samplers,
+            schedulers=lib.schedulers,
         )
 
 
+@pytest.mark.slow
 def test_strength_zero_is_exactly_plain_and_one_changes(sd1, cnet):
     hint = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     plain = _run(sd1, {})
@@ -101,6 +116,7 @@ def test_build_from_files_original_prefixed_and_errors(tmp_path, cnet):
         build_controlnet({"foo.weight": torch.zeros(1)})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("xl", [False, True])
 def test_t2i_adapter_levels_and_diffusers_layout(xl):
     ch = (32, 64, 128, 128)

@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import save_file
 
 import engine.diffusion.checkpoints.loader as loader
-import engine.diffusion.checkpoints.synthetic as synthetic
+import tests.factories.checkpoints as synthetic
 from engine.diffusion.lora import load_lora_file, text_encoder_key_map, unet_key_map
 from engine.memory.patcher import ModelPatcher
 

@@ -2,36 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 import torch
 from safetensors.torch import save_file
 
-from engine.diffusion.checkpoints.synthetic import write_tiny_checkpoint
 from engine.diffusion.models.controlnet import ControlNetModel
 from engine.diffusion.models.upscalers import SRVGGNetCompact
 from engine.folders import Folders
 from engine.memory.devices import MemoryOptions, select_device
 from engine.memory.manager import ModelManager
-from nodes import controlnet as CN
-from nodes import loaders as L
-from nodes import lora as LO
-from nodes import preprocessors as PP
-from nodes import upscale as UP
+from tests.factories.checkpoints import write_tiny_checkpoint
+from tests.unit.nodes.node_support import builtin, node_context
 
-
-class Ctx:
-    def __init__(self, folders: Folders, manager: ModelManager) -> None:
-        self.folders = folders
-        self.services = {"folders": folders, "model_manager": manager}
-        self.reports: list[tuple[int, int, Any]] = []
-
-    def service(self, name: str) -> Any:
-        return self.services[name]
-
-    def progress(self, value: int, total: int, preview: Any = None) -> None:
-        self.reports.append((value, total, preview))
+CN, L, LO, PP, UP = (builtin(name) for name in ("controlnet", "loaders", "lora", "preprocessors", "upscale"))
 
 
 Q = "input_blocks.1.1.transformer_blocks.0.attn1.to_q"
@@ -43,7 +26,7 @@ def env(tmp_path_factory):
     models = root / "models"
     write_tiny_checkpoint(models / "checkpoints" / "sd1.safetensors", "sd1", seed=1)
     folders = Folders.create(root)
-    ctx = Ctx(folders, ModelManager(select_device(MemoryOptions())))
+    ctx = node_context(folders=folders, manager=ModelManager(select_device(MemoryOptions())))[0]
     model, clip, vae = L.checkpoint_loader_simple(ckpt_name="sd1.safetensors", context=ctx)
     w = model.unet.state_dict()[f"{Q}.weight"]
     g = torch.Generator().manual_seed(0)

@@ -6,13 +6,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from engine.diffusion.models.upscalers import (
-    RRDBNet,
-    SRVGGNetCompact,
-    detect_upscaler,
-    load_upscaler_file,
-    upscale_tiled,
-)
+from engine.diffusion.checkpoints.upscalers import detect_upscaler, load_upscaler_file
+from engine.diffusion.models.upscalers import RRDBNet, SRVGGNetCompact, upscale_tiled
 
 
 def _rand(model, seed=0):
@@ -43,6 +38,7 @@ def new_to_old(sd: dict[str, torch.Tensor], nb: int, n_up: int) -> dict[str, tor
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scale", [1, 2, 4, 8])
 def test_rrdbnet_new_and_old_layouts(tmp_path, scale):
     net = _rand(RRDBNet(nf=8, nb=1, gc=4, scale=scale), seed=scale)

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from engine.cli import add_memory_arguments, memory_options_from_args
 from engine.memory.devices import (
     GIB,
     DeviceInfo,
@@ -17,7 +18,6 @@ from engine.memory.devices import (
     MemoryOptions,
     VRAMMode,
     VRAMState,
-    add_memory_arguments,
     select_device,
 )
 from engine.memory.dtypes import DtypeChoice, ModelRole, choose_dtype, fp8_storage
@@ -68,7 +68,7 @@ K80 = DeviceProperties("Tesla K80", 12 * GIB, (3, 7))
 def parse(*argv: str) -> MemoryOptions:
     parser = argparse.ArgumentParser()
     add_memory_arguments(parser)
-    return MemoryOptions.from_args(parser.parse_args(list(argv)))
+    return memory_options_from_args(parser.parse_args(list(argv)))
 
 
 def test_flag_parsing() -> None:

@@ -188,6 +188,7 @@ def test_too_small_for_one_layer_raises_with_figures(cpu_info: DeviceInfo) -> No
     assert "--lowvram" in str(err.value)
 
 
+@pytest.mark.slow
 def test_ram_budget_drops_lru_and_rereads(tmp_path, cpu_info: DeviceInfo) -> None:
     models = {n: linear_stack(6, seed=i) for i, n in enumerate("abc")}
     for n, m in models.items():
@@ -229,6 +230,7 @@ def test_cpu_without_budget_moves_nothing(cpu_info: DeviceInfo) -> None:
     assert manager.device_capacity_bytes() is None
 
 
+@pytest.mark.slow
 def test_real_unet_partial_loading_matches_full(cpu_info: DeviceInfo) -> None:
     import engine.diffusion.models.unet as unet_mod
 

@@ -10,8 +10,7 @@ from engine.memory.oom import (
     InsufficientMemoryError,
     is_oom_error,
     run_with_oom_retry,
-    vae_decode_with_fallback,
-    vae_encode_with_fallback,
+    vae_with_fallback,
 )
 
 
@@ -54,6 +53,7 @@ def test_is_oom_error() -> None:
     assert not is_oom_error(ValueError("out of memory"))  # only RuntimeErrors carry the driver's message
 
 
+@pytest.mark.slow
 def test_decode_falls_back_to_tiled_and_is_close_to_untiled() -> None:
     plain, small = _vaes(max_pixels=32 * 32)  # a 48x48 latent does not fit, 24x24 tiles do
     latents = torch.randn(1, 4, 48, 48, generator=torch.Generator().manual_seed(1))
@@ -61,8 +61,8 @@ def test_decode_falls_back_to_tiled_and_is_close_to_untiled() -> None:
     with torch.no_grad():
         expected = plain.decode(latents)
         tiled_reference = plain.decode(latents, tile_size=48, tile_overlap=16)  # tiny VAE: 2x scale
-        out = vae_decode_with_fallback(
-            small, latents, tile_size=48, overlap=16, on_oom=lambda: freed.append(True)
+        out = vae_with_fallback(
+            small, "decode", latents, tile_size=48, overlap=16, on_oom=lambda: freed.append(True)
         )
     assert freed == [True]  # other models were asked to make room before tiling
     assert small.calls[0] == (1, 4, 48, 48) and len(small.calls) > 2  # untiled attempt, then tiles
@@ -73,13 +73,14 @@ def test_decode_falls_back_to_tiled_and_is_close_to_untiled() -> None:
     assert torch.isfinite(out).all()
 
 
+@pytest.mark.slow
 def test_encode_falls_back_to_tiled() -> None:
     plain, small = _vaes(max_pixels=48 * 48)
     images = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(2)) * 2 - 1
     with torch.no_grad():
         expected = plain.encode(images)
         tiled_reference = plain.encode(images, tile_size=48, tile_overlap=32)
-        out = vae_encode_with_fallback(small, images, tile_size=48, overlap=32)
+        out = vae_with_fallback(small, "encode", images, tile_size=48, overlap=32)
     assert torch.equal(out, tiled_reference)
     assert out.shape == expected.shape
     assert (out - expected).abs().mean() < 0.1 * expected.abs().mean()
@@ -88,7 +89,7 @@ def test_encode_falls_back_to_tiled() -> None:
 def test_decode_gives_clear_error_when_even_tiles_do_not_fit() -> None:
     _, small = _vaes(max_pixels=4)
     with pytest.raises(InsufficientMemoryError, match="also with tiling") as err, torch.no_grad():
-        vae_decode_with_fallback(small, torch.zeros(1, 4, 16, 16), tile_size=16, overlap=8)
+        vae_with_fallback(small, "decode", torch.zeros(1, 4, 16, 16), tile_size=16, overlap=8)
     assert "--lowvram" in str(err.value) and "free" in str(err.value)
     assert isinstance(err.value.__cause__, torch.OutOfMemoryError)
 

@@ -11,7 +11,8 @@ from torch import nn
 
 from engine.memory.devices import DeviceInfo
 from engine.memory.manager import Location, ModelManager
-from engine.memory.patcher import DiffPatch, LoRAPatch, ModelPatcher
+from engine.memory.patcher import ModelPatcher
+from engine.memory.weight_patches import DiffPatch, LoRAPatch
 
 WIDTH = 32
 LINEAR_BYTES = (WIDTH * WIDTH + WIDTH) * 4
@@ -119,7 +120,7 @@ def test_manager_applies_clone_patches_and_repatches_on_switch(
     reference = copy.deepcopy(model)
     x = _rand(3, WIDTH, seed=9)
     manager = ModelManager(cpu_info, device_budget_bytes=4 * LINEAR_BYTES)
-    base = ModelPatcher(model, manager, name="m")
+    base = manager.patcher(manager.register(model, name="m"))
     assert base.handle is manager.handle_for(model)
     d1, d2 = _rand(WIDTH, WIDTH, seed=1) * 0.1, _rand(WIDTH, WIDTH, seed=2) * 0.1
     c1, c2 = base.clone(), base.clone()
@@ -155,7 +156,7 @@ def test_patches_reach_streamed_layers(cpu_info: DeviceInfo, make_linear_stack) 
         for k, d in delta.items():
             reference.get_parameter(k).add_(d)
     manager = ModelManager(cpu_info, device_budget_bytes=4 * LINEAR_BYTES)
-    patcher = ModelPatcher(model, manager)
+    patcher = manager.patcher(manager.register(model))
     patcher.add_patches(delta)
     manager.load(patcher)
     assert patcher.handle is not None and patcher.handle.location is Location.PARTIAL
@@ -173,7 +174,7 @@ def test_cuda_patches_restore_bit_identical(make_linear_stack) -> None:
     model = make_linear_stack(3).half()
     snapshot = _snapshot(model)
     manager = ModelManager(info)
-    base = ModelPatcher(model, manager)
+    base = manager.patcher(manager.register(model))
     a = base.clone()
     a.add_patches({"0.weight": LoRAPatch(_rand(WIDTH, 2, seed=1), _rand(2, WIDTH, seed=2))})
     for _ in range(10):

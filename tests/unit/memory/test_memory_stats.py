@@ -1,12 +1,12 @@
-"""/system_stats figures and the /free operation."""
+"""RAM readings, the /system_stats body the server assembles from them, and the /free operation."""
 
 from __future__ import annotations
 
 import torch
 
-from engine.memory.devices import DeviceInfo
+from engine.memory.devices import DeviceInfo, read_meminfo
 from engine.memory.manager import Location, ModelManager
-from engine.memory.stats import read_meminfo, system_stats
+from engine.server.system_stats import system_stats
 
 DEVICE_KEYS = {"name", "type", "index", "vram_total", "vram_free", "torch_vram_total", "torch_vram_free"}
 
@@ -14,11 +14,11 @@ DEVICE_KEYS = {"name", "type", "index", "vram_total", "vram_free", "torch_vram_t
 def test_read_meminfo_parses_kibibytes(tmp_path) -> None:
     f = tmp_path / "meminfo"
     f.write_text("MemTotal:       16384 kB\nMemFree:         1024 kB\nMemAvailable:    8192 kB\n")
-    assert read_meminfo(f) == (16384 * 1024, 8192 * 1024)
+    assert read_meminfo(f) == (8192 * 1024, 16384 * 1024)  # (free, total), as every figure pair
     old = tmp_path / "old"
     old.write_text("MemTotal: 100 kB\nMemFree: 10 kB\nBuffers: 5 kB\nCached: 20 kB\n")
-    assert read_meminfo(old) == (100 * 1024, 35 * 1024)
-    total, available = read_meminfo(tmp_path / "missing")  # falls back to sysconf
+    assert read_meminfo(old) == (35 * 1024, 100 * 1024)
+    available, total = read_meminfo(tmp_path / "missing")  # falls back to sysconf
     assert total > 0 and 0 <= available <= total
 
 
@@ -58,7 +58,8 @@ def test_free_endpoint_operation(cpu_info: DeviceInfo, make_linear_stack, tmp_pa
     b = manager.register(make_linear_stack(2, seed=2), name="b")
     manager.load(a)
     manager.load(b)
-    assert manager.free() == {"device_bytes": manager.current_device_bytes, "ram_bytes": 0}
+    both = 2 * 2 * (32 * 32 + 32) * 4  # two stacks of two float32 Linear(32, 32) layers, all on the device
+    assert manager.free() == {"device_bytes": both, "ram_bytes": 0}
     assert a.on_device and b.on_device  # both flags false: nothing happens
     figures = manager.free(unload_models=True)
     assert figures["device_bytes"] == 0 and a.location is b.location is Location.OFFLOADED

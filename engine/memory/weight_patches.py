@@ -1,15 +1,63 @@
-"""Weight patches of the LyCORIS family that are not plain low-rank products.
+"""Every kind of weight patch: what LoRA-family adapters, model merges and diffs add to a weight.
 
-Both follow the ``WeightPatch`` protocol of ``engine.memory.patcher``: ``delta(weight)`` returns the
-float32 update (any shape with the weight's number of elements); the patcher multiplies it by the
-strength and adds it to the weight.
+A patch says how much to add to one weight (`delta(weight)`, float32, any shape with the weight's number
+of elements); `engine.memory.patcher` applies the patch lists of a model clone, and
+`engine.diffusion.lora` reads adapter files into these objects. The formulas follow the papers and the
+reference implementations named on each class.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 import torch
+
+
+@runtime_checkable
+class WeightPatch(Protocol):
+    """Anything that can say how much to add to a weight. `weight` is the current weight in float32 on
+    the device where it lives; return a tensor with as many elements (reshaped to the weight's shape)."""
+
+    def delta(self, weight: torch.Tensor) -> torch.Tensor: ...
+
+
+@dataclass(frozen=True)
+class DiffPatch:
+    """A full-weight difference (e.g. a model merge's `B - A`, or a diffusers/kohya 'diff' entry)."""
+
+    diff: torch.Tensor
+
+    def delta(self, weight: torch.Tensor) -> torch.Tensor:
+        return self.diff.to(device=weight.device, dtype=torch.float32)
+
+
+@dataclass(frozen=True)
+class LoRAPatch:
+    """Low-rank update `up @ down * alpha / rank` (Hu et al. 2021, "LoRA", eq. 3; alpha/rank scaling as in
+    kohya-ss sd-scripts). `mid` is the LoCon/LyCORIS Tucker core for convolutions: down (r, in, 1, 1),
+    mid (r, r, kh, kw), up (out, r, 1, 1) give delta[o,i,h,w] = sum_rs up[o,r] mid[r,s,h,w] down[s,i]."""
+
+    up: torch.Tensor
+    down: torch.Tensor
+    alpha: float | None = None
+    mid: torch.Tensor | None = None
+
+    @property
+    def rank(self) -> int:
+        return int(self.down.shape[0])
+
+    def delta(self, weight: torch.Tensor) -> torch.Tensor:
+        device, f32 = weight.device, torch.float32
+        up = self.up.to(device=device, dtype=f32).flatten(start_dim=1)
+        down = self.down.to(device=device, dtype=f32).flatten(start_dim=1)
+        scale = 1.0 if self.alpha is None else self.alpha / self.rank
+        if self.mid is not None:
+            mid = self.mid.to(device=device, dtype=f32)
+            out = torch.einsum("or,rshw,si->oihw", up, mid, down)
+        else:
+            out = up @ down
+        return out * scale
 
 
 def _f32(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -107,3 +155,14 @@ class LoKrPatch:
         if w2.ndim == 4 and w1.ndim == 2:
             w1 = w1[:, :, None, None]
         return torch.kron(w1, w2).reshape(weight.shape) * self.scale
+
+
+def as_patch(value: WeightPatch | torch.Tensor) -> WeightPatch:
+    """A patch object for `value`; a bare tensor is a full-weight difference."""
+    if isinstance(value, torch.Tensor):
+        return DiffPatch(value)
+    if not isinstance(value, WeightPatch):
+        raise TypeError(
+            f"a patch must be a Tensor (full diff) or have .delta(weight); got {type(value).__name__}"
+        )
+    return value

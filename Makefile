@@ -27,6 +27,7 @@ run: install
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then exit 0; else exit $$rc; fi
 
+# The quick loop: every test not marked slow (under a minute here; docs/testing.md says what is slow).
 test-quick: install
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 

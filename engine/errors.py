@@ -99,7 +99,19 @@ class WorkflowValidationError(DiffgraphError):
         return result
 
     def prompt_error(self) -> dict[str, Any]:
-        """ComfyUI's top-level `error` object for a rejected prompt."""
+        """ComfyUI's top-level `error` object for a rejected prompt.
+
+        An unknown node type comes first, in ComfyUI's words and type (`invalid_prompt`): frontends
+        show this message, and it is the problem to fix before any other (the missing node may be the
+        output node). Our `node_errors` still list every problem."""
+        missing = [i for i in self.issues if i.code == MISSING_NODE_TYPE]
+        if missing:
+            return {
+                "type": "invalid_prompt",
+                "message": f"Cannot execute because node {missing[0].node_type} does not exist.",
+                "details": f"Node ID '#{missing[0].node_id}'",
+                "extra_info": {},
+            }
         general = [i for i in self.issues if i.node_id is None]
         first = general[0] if general else None
         if first is not None:

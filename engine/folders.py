@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from engine.api import FileChoices
+from engine.declarations import FileChoices
 from engine.errors import UnsafePathError
 
 WEIGHT_EXTENSIONS = (".safetensors", ".sft", ".ckpt", ".pt", ".pth", ".bin")
@@ -36,6 +36,17 @@ MODEL_KINDS = (
 _ALIASES = {"diffusion_models": "unet", "text_encoders": "clip"}
 # Folders that HTTP requests can read or write: paths there are confined after resolving symlinks.
 DATA_KINDS = frozenset({"input", "output", "temp"})
+# ComfyUI's annotated file names ("x.png [output]"): the suffix names the data folder the file is in.
+# Its frontend writes them (the mask editor, "open in LoadImage"); folder_paths.annotated_filepath.
+ANNOTATIONS = {" [input]": "input", " [output]": "output", " [temp]": "temp"}
+
+
+def split_annotated(name: str) -> tuple[str, str | None]:
+    """("x.png", "output") for "x.png [output]"; (name, None) for a name without an annotation."""
+    for suffix, kind in ANNOTATIONS.items():
+        if name.endswith(suffix):
+            return name[: -len(suffix)], kind
+    return name, None
 
 
 @dataclass
@@ -172,6 +183,12 @@ class Folders:
                 return lexical if follow_links else candidate
         searched = ", ".join(str(r) for r in roots)
         raise FileNotFoundError(f"{kind} file {name!r} not found (looked in: {searched})")
+
+    def annotated_path(self, name: str, default_kind: str = "input") -> Path:
+        """The file of a possibly annotated name ("x.png [temp]" is temp/x.png, "x.png" is in
+        `default_kind`), confined to that folder like `full_path`."""
+        bare, kind = split_annotated(name)
+        return self.full_path(kind or default_kind, bare)
 
 
 def _is_within(path: Path, root: Path) -> bool:

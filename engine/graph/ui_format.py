@@ -5,11 +5,10 @@ What the conversion has to know (facts of the UI format, version 0.4):
 
 - `nodes[]`: `id`, `type`, `mode` (0 always, 2 muted/never, 4 bypassed), `inputs[]` (`name`, `type`,
   `link`, and `widget: {name}` when the slot belongs to a widget converted to an input), `outputs[]`
-  (`type`, `links`), `widgets_values` (widget values in declaration order — a list, or sometimes a dict
-  keyed by name).
-- After every seed-like INT widget the canvas stores one extra value, the `control_after_generate` mode
-  ("fixed", "increment", "decrement", "randomize"); an image-upload widget also stores a placeholder.
-- `links[]`: `[id, origin_id, origin_slot, target_id, target_slot, type]` (or objects with those names).
+  (`type`, `links`), `widgets_values` (which value belongs to which input, in all the forms the canvas
+  has saved: see `ui_widgets`).
+- `links[]`: `[id, origin_id, origin_slot, target_id, target_slot, type]` (or objects with those names);
+  old canvases leave `null` where a link was deleted, and the canvas skips those.
 - UI-only nodes never reach the API: Reroute (pass-through), PrimitiveNode (its value is copied into the
   widgets it feeds), Note / MarkdownNote (comments). Muted nodes are dropped; bypassed nodes are dropped
   and each of their outputs is replaced by their input of the same type.
@@ -21,17 +20,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from engine import types as T
-from engine.api import Input
+from engine.declarations import Input
 from engine.errors import WorkflowFormatError
+from engine.graph.ui_widgets import read_widget_values
 from engine.graph.workflow import Link, Workflow, WorkflowNode
 from engine.registry import NodeRegistry
 
 MODE_MUTED = 2
 MODE_BYPASSED = 4
 UI_ONLY_NODE_TYPES = frozenset({"Reroute", "PrimitiveNode", "Note", "MarkdownNote"})
-CONTROL_AFTER_GENERATE_VALUES = frozenset({"fixed", "increment", "decrement", "randomize"})
-# The canvas adds the control widget to INT inputs flagged in the schema, and by name to these.
-SEED_WIDGET_NAMES = frozenset({"seed", "noise_seed"})
 
 
 def looks_like_ui_format(document: Any) -> bool:
@@ -45,32 +42,12 @@ class _Constant:
     value: Any
 
 
-@dataclass(frozen=True, slots=True)
-class WidgetSlot:
-    """One position in `widgets_values`: an input's value, or a canvas-only extra value."""
-
-    input_name: str | None  # None for canvas-only values (control_after_generate, upload button)
-
-
-def widget_layout(inputs: tuple[Input, ...]) -> list[WidgetSlot]:
-    """The positions of `widgets_values` for a node with these inputs, as the canvas lays them out."""
-    slots: list[WidgetSlot] = []
-    ordered = [s for s in inputs if not s.optional] + [s for s in inputs if s.optional]
-    for spec in ordered:
-        if not spec.is_widget:
-            continue
-        slots.append(WidgetSlot(spec.name))
-        if spec.type == T.INT and (spec.control_after_generate or spec.name in SEED_WIDGET_NAMES):
-            slots.append(WidgetSlot(None))
-        if spec.extra.get("image_upload") or spec.extra.get("upload"):
-            slots.append(WidgetSlot(None))
-    return slots
-
-
 def _link_table(document: dict[str, Any]) -> dict[int, tuple[int, int, str]]:
     """link id -> (origin node id, origin slot, type)."""
     table: dict[int, tuple[int, int, str]] = {}
     for raw in document.get("links") or []:
+        if raw is None:
+            continue
         if isinstance(raw, list) and len(raw) >= 5:
             link_id, origin_id, origin_slot = raw[0], raw[1], raw[2]
             link_type = raw[5] if len(raw) > 5 else "*"
@@ -114,7 +91,8 @@ class _Converter:
         inputs: dict[str, Any] = {}
         definition = self.registry.get(node_type)
         if definition is not None:
-            inputs.update(self._widget_values(raw, definition.current_inputs()))
+            specs = definition.current_inputs()
+            inputs.update(read_widget_values(node_type, raw, specs, self.registry.choices_for))
         # Linked inputs (sockets, and widgets converted to inputs) override widget values.
         for slot in raw.get("inputs") or []:
             link_id = slot.get("link")
@@ -134,35 +112,6 @@ class _Converter:
                 inputs.pop(name, None)
         title = raw.get("title")
         return WorkflowNode(str(node_id), node_type, inputs, title if isinstance(title, str) else None)
-
-    def _widget_values(self, raw: dict[str, Any], specs: tuple[Input, ...]) -> dict[str, Any]:
-        values = raw.get("widgets_values")
-        by_name = {s.name: s for s in specs}
-        if isinstance(values, dict):  # some frontends save widgets by name
-            return {k: v for k, v in values.items() if k in by_name}
-        result: dict[str, Any] = {}
-        layout = widget_layout(specs)
-        values = list(values or [])
-        position = 0
-        for index, slot in enumerate(layout):
-            if position >= len(values):
-                break
-            if slot.input_name is None:
-                # Canvas-only extra value. Older files omit control_after_generate: only consume the
-                # value if it looks like one, so the following widgets stay aligned.
-                previous = layout[index - 1].input_name if index else None
-                is_control = previous is not None and by_name[previous].type == T.INT
-                if not is_control or values[position] in CONTROL_AFTER_GENERATE_VALUES:
-                    position += 1
-                continue
-            result[slot.input_name] = values[position]
-            position += 1
-        # Widgets the file has no value for (saved before the widget existed) take their defaults.
-        for slot in layout:
-            name = slot.input_name
-            if name is not None and name not in result and by_name[name].default is not None:
-                result[name] = by_name[name].default
-        return result
 
     def _resolve(self, link_id: int, depth: int = 0) -> Link | _Constant | None:
         if depth > len(self.nodes) + 1:

@@ -10,15 +10,20 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from engine import errors as E
 from engine import types as T
-from engine.api import Input, NodeDefinition
+from engine.declarations import FileChoices, Input, NodeDefinition
 from engine.errors import ValidationIssue, WorkflowValidationError
+from engine.folders import split_annotated
 from engine.graph.workflow import Link, Workflow
 from engine.registry import NodeRegistry
+
+# Set on a node function whose node takes inputs under any name (see engine/plugins/classic.py; the
+# graph layer may not import the plugins layer, so the name is repeated here).
+ACCEPTS_ANY_INPUT = "accepts_any_input"
 
 
 @dataclass(slots=True)
@@ -60,6 +65,7 @@ class _Validator:
         self.issues.append(ValidationIssue(code, message, node_id, node_type, input_name, **kw))
 
     def run(self, targets: Iterable[str] | None) -> ValidatedWorkflow:
+        self._report_unknown_types()
         target_list = self._targets(targets)
         needed = self._needed(target_list)
         order = self._order(needed)
@@ -73,6 +79,20 @@ class _Validator:
         return ValidatedWorkflow(self.workflow, target_list, order, prepared)
 
     # -- graph level ----------------------------------------------------------------------------
+
+    def _report_unknown_types(self) -> None:
+        """Every node of an unknown type, needed or not (as ComfyUI): any of them may be an output node,
+        so leaving one out would silently drop an output, and without them no output may be found."""
+        for node_id in sorted(self.workflow.nodes, key=_id_sort_key):
+            node_type = self.workflow.nodes[node_id].node_type
+            if self.registry.get(node_type) is None:
+                self.issue(
+                    E.MISSING_NODE_TYPE,
+                    f"node type {node_type!r} is not known",
+                    node_id,
+                    details="install the plugin that provides it into custom_nodes/ "
+                    "(or check its import error)",
+                )
 
     def _targets(self, targets: Iterable[str] | None) -> list[str]:
         if targets is not None:
@@ -90,10 +110,12 @@ class _Validator:
             if definition is not None and definition.output_node:
                 result.append(node_id)
         if not result:
+            unknown = any(self.registry.get(n.node_type) is None for n in self.workflow.nodes.values())
             self.issue(
                 E.PROMPT_NO_OUTPUTS,
                 "the workflow has no output node, so nothing would run",
-                details="add an output node such as SaveImage or PreviewImage",
+                details="add an output node such as SaveImage or PreviewImage"
+                + (" (or install the unknown node types: one of them may be the output)" if unknown else ""),
             )
         return result
 
@@ -109,10 +131,12 @@ class _Validator:
         return needed
 
     def _order(self, needed: set[str]) -> list[str]:
-        """Depth-first topological order; reports every node on a cycle."""
+        """Depth-first topological order; reports every node on every cycle (an edge that closes a cycle is
+        reported and then left out, so the search goes on and finds the other cycles too)."""
         order: list[str] = []
         state: dict[str, int] = {}  # 1 = on the stack, 2 = done
         sources = self.sources
+        cyclic = False
         for root in sorted(needed, key=_id_sort_key):
             if root in state:
                 continue
@@ -129,12 +153,12 @@ class _Validator:
                     elif mark == 1:
                         cycle = [entry[0] for entry in stack[[e[0] for e in stack].index(source) :]]
                         self._report_cycle(cycle)
-                        return []
+                        cyclic = True
                 else:
                     state[node_id] = 2
                     order.append(node_id)
                     stack.pop()
-        return order
+        return [] if cyclic else order
 
     def _report_cycle(self, cycle: list[str]) -> None:
         path = " -> ".join(cycle + [cycle[0]])
@@ -152,13 +176,7 @@ class _Validator:
         node = self.workflow.nodes[node_id]
         definition = self.registry.get(node.node_type)
         if definition is None:
-            self.issue(
-                E.MISSING_NODE_TYPE,
-                f"node type {node.node_type!r} is not known",
-                node_id,
-                details="install the plugin that provides it into custom_nodes/ (or check its import error)",
-            )
-            return None
+            return None  # reported by _report_unknown_types
         constants: dict[str, Any] = {}
         links: dict[str, Link] = {}
         specs = definition.current_inputs()
@@ -179,6 +197,9 @@ class _Validator:
                 if self._check_link(node_id, spec, value):
                     links[spec.name] = value
                 continue
+            if spec.type == T.ANY:  # ComfyUI passes a value given to a "*" input as it is
+                constants[spec.name] = value
+                continue
             if not spec.is_widget:
                 self.issue(
                     E.INVALID_INPUT_TYPE,
@@ -191,10 +212,31 @@ class _Validator:
             converted = self._convert(node_id, spec, value, definition)
             if converted is not _MISSING:
                 constants[spec.name] = converted
+        if getattr(definition.function, ACCEPTS_ANY_INPUT, False):
+            self._undeclared_inputs(node_id, specs, definition, constants, links)
         if definition.validate is not None and len(self.issues) == before:
             self._custom_validate(node_id, definition, constants)
         lazy = frozenset(s.name for s in specs if s.lazy)
         return PreparedNode(node_id, node.node_type, definition, constants, links, lazy)
+
+    def _undeclared_inputs(
+        self,
+        node_id: str,
+        specs: tuple[Input, ...],
+        definition: NodeDefinition,
+        constants: dict[str, Any],
+        links: dict[str, Link],
+    ) -> None:
+        """A node whose inputs are open-ended (a classic "optional" dict claiming every name) receives
+        every other input of the prompt too, linked or set, as "*" inputs."""
+        declared = {spec.name for spec in specs} | set(definition.hidden)
+        for name, value in self.workflow.nodes[node_id].inputs.items():
+            if name in declared:
+                continue
+            if not isinstance(value, Link):
+                constants[name] = value
+            elif self._check_link(node_id, Input(name, T.ANY, optional=True), value):
+                links[name] = value
 
     def _check_link(self, node_id: str, spec: Input, link: Link) -> bool:
         source = self.workflow.nodes.get(link.node_id)
@@ -272,7 +314,7 @@ class _Validator:
                 )
         elif spec.type == T.COMBO:
             choices = self.registry.choices_for(spec) or []
-            if converted not in choices:
+            if converted not in choices and not self._annotated_file_listed(spec, converted):
                 shown = ", ".join(map(str, choices[:20])) + (" ..." if len(choices) > 20 else "")
                 self.issue(
                     E.VALUE_NOT_IN_LIST,
@@ -285,6 +327,20 @@ class _Validator:
                     extra={"received_value": converted, "input_config": choices[:100]},
                 )
         return converted
+
+    def _annotated_file_listed(self, spec: Input, value: Any) -> bool:
+        """An input-folder file combo also takes ComfyUI's annotated names ("x.png [output]", as its
+        frontend writes them): valid when the bare name is listed in the named folder, so the name
+        never reaches outside it (the node resolves it with Folders.annotated_path)."""
+        if not (
+            isinstance(spec.choices, FileChoices) and spec.choices.kind == "input" and isinstance(value, str)
+        ):
+            return False
+        bare, kind = split_annotated(value)
+        if kind is None:
+            return False
+        listed = self.registry.choices_for(replace(spec, choices=replace(spec.choices, kind=kind))) or []
+        return bare in listed
 
     def _custom_validate(self, node_id: str, definition: NodeDefinition, constants: dict[str, Any]) -> None:
         assert definition.validate is not None

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from engine.errors import WorkflowFormatError
-from engine.graph.loading import workflow_from_document
+from engine import api
+from engine.errors import WorkflowFormatError, WorkflowValidationError
+from engine.graph.loading import load_workflow_file, workflow_from_document
 from engine.graph.ui_format import convert_ui_workflow
+from engine.graph.validate import validate_workflow
+from engine.registry import NodeRegistry
 
 
 def ui_node(node_id, node_type, *, inputs=(), outputs=(), widgets=None, mode=0, title=None):
@@ -152,3 +157,156 @@ def test_api_export_round_trips(registry):
     workflow = convert_ui_workflow(sample_document(), registry)
     again = workflow_from_document(workflow.to_api(), registry)
     assert again.to_api() == workflow.to_api()
+
+
+# -- older files: every form of widgets_values ComfyUI's canvas has saved ------------------------------
+
+UI_FILES = Path(__file__).parent / "ui_files"
+
+
+@pytest.mark.parametrize("toggle", [True, False])
+def test_seed_toggle_of_2023_keeps_later_widgets_aligned(registry, toggle):
+    """March-April 2023 canvases saved the seed control as a boolean (true = randomize, false = fixed)."""
+    document = sample_document()
+    document["nodes"][2]["widgets_values"] = [42, toggle, 5]
+    assert convert_ui_workflow(document, registry).to_api()["3"]["inputs"]["bias"] == 5
+
+
+def test_seed_toggle_with_later_widgets_missing_takes_defaults(registry):
+    document = sample_document()
+    document["nodes"][2]["widgets_values"] = [42, True]
+    api = convert_ui_workflow(document, registry).to_api()
+    assert api["3"]["inputs"]["seed"] == 42 and api["3"]["inputs"]["bias"] == 0
+
+
+def test_unhashable_value_where_the_control_would_be_goes_to_validation(registry):
+    document = sample_document()
+    document["nodes"][2]["widgets_values"] = [42, {"not": "a control"}]
+    workflow = convert_ui_workflow(document, registry)
+    assert workflow.to_api()["3"]["inputs"]["bias"] == {"not": "a control"}
+    with pytest.raises(WorkflowValidationError, match="bias"):
+        validate_workflow(workflow, registry)
+
+
+def test_a_boolean_after_a_seed_without_control_is_the_next_widgets_value():
+    """A file saved before a node had its control: a boolean there is the next (BOOLEAN) widget's."""
+    registry = NodeRegistry()
+
+    @api.node("Flagged", inputs=[api.Int("seed", 0), api.Boolean("flip", False)], output_node=True)
+    def flagged(seed, flip):
+        return api.NodeOutput()
+
+    registry.register(flagged)
+    document = {"nodes": [ui_node(1, "Flagged", widgets=[7, True])], "links": [], "version": 0.4}
+    assert convert_ui_workflow(document, registry).to_api()["1"]["inputs"] == {"seed": 7, "flip": True}
+    document["nodes"][0]["widgets_values"] = [7, "increment", True]
+    assert convert_ui_workflow(document, registry).to_api()["1"]["inputs"] == {"seed": 7, "flip": True}
+
+
+def test_values_older_canvases_saved_for_force_input_inputs_are_dropped(registry):
+    """Some canvases gave forceInput inputs a widget and saved its value; 'Add' has a forceInput 'a'."""
+    document = sample_document()
+    document["nodes"][4]["widgets_values"] = [0, 7]  # [a (forceInput), b]
+    assert convert_ui_workflow(document, registry).to_api()["5"]["inputs"]["b"] == 100  # linked, wins
+    document["nodes"][4]["inputs"] = document["nodes"][4]["inputs"][:1]  # b no longer converted
+    assert convert_ui_workflow(document, registry).to_api()["5"]["inputs"]["b"] == 7
+    document["nodes"][2]["widgets_values"] = [3, 42, "randomize", 5]  # Seeded: [a, seed, control, bias]
+    seeded = convert_ui_workflow(document, registry).to_api()["3"]["inputs"]
+    assert (seeded["seed"], seeded["bias"]) == (42, 5)
+
+
+def test_widgets_values_as_array_like_object_and_named(registry):
+    document = sample_document()
+    document["nodes"][0]["widgets_values"] = {"0": 11, "length": 1}
+    assert convert_ui_workflow(document, registry).to_api()["1"]["inputs"] == {"value": 11}
+    del document["nodes"][0]["widgets_values"]
+    document["nodes"][0]["widgets_values_named"] = {"value": 12}
+    assert convert_ui_workflow(document, registry).to_api()["1"]["inputs"] == {"value": 12}
+
+
+def test_null_combo_takes_its_first_choice_and_null_links_are_skipped(registry):
+    document = sample_document()
+    document["nodes"].append(ui_node(11, "Pick", outputs=[out("STRING", [])], widgets=[None]))
+    document["links"].insert(2, None)  # old canvases leave null where a link was deleted
+    assert convert_ui_workflow(document, registry).to_api()["11"]["inputs"] == {"choice": "red"}
+
+
+def test_upload_placeholder_comes_after_all_required_widgets():
+    """The canvas appends the upload button after the required inputs: LoadImageMask is saved as
+    [image, channel, "image"] (and without the placeholder by newer canvases)."""
+    registry = NodeRegistry()
+
+    @api.node(
+        "MaskFromFile",
+        inputs=[
+            api.Combo("image", ["m.png"], extra={"image_upload": True}),
+            api.Combo("channel", ["alpha", "red"], default="alpha"),
+            api.Int("blur", 0, optional=True),
+        ],
+        output_node=True,
+    )
+    def mask_from_file(image, channel, blur=0):
+        return api.NodeOutput()
+
+    registry.register(mask_from_file)
+    expected = {"image": "m.png", "channel": "red", "blur": 3}
+    for values in (["m.png", "red", "image", 3], ["m.png", "red", 3]):
+        document = {"nodes": [ui_node(1, "MaskFromFile", widgets=values)], "links": [], "version": 0.4}
+        assert convert_ui_workflow(document, registry).to_api()["1"]["inputs"] == expected
+
+
+@pytest.fixture
+def real_registry(tmp_path):
+    """The built-in nodes, with the files old workflows name present so that validation sees them."""
+    from engine.folders import Folders
+    from engine.runtime import build_runtime
+
+    folders = Folders.create(tmp_path)
+    folders.create_directories()
+    checkpoints = folders.models["checkpoints"][0]
+    checkpoints.mkdir(parents=True)
+    (checkpoints / "v1-5-pruned-emaonly.ckpt").write_bytes(b"")
+    (folders.input / "example.png").write_bytes(b"")
+    return build_runtime(folders, load_custom_nodes=False, with_models=False).registry
+
+
+def _load_old_file(name, registry):
+    workflow = load_workflow_file(UI_FILES / name, registry)
+    validate_workflow(workflow, registry)
+    return workflow.to_api()
+
+
+def test_january_2023_file_with_seed_toggle_and_sampler_prefix(real_registry):
+    api_graph = _load_old_file("2023-01_seed_toggle_sampler_prefix.json", real_registry)
+    widgets = {k: v for k, v in api_graph["3"]["inputs"].items() if not isinstance(v, list)}
+    assert widgets == {
+        "seed": 8566257,
+        "steps": 20,
+        "cfg": 8,
+        "sampler_name": "euler_ancestral",
+        "scheduler": "normal",
+        "denoise": 1,
+    }
+    assert api_graph["9"]["inputs"]["filename_prefix"] == "ComfyUI"  # no widgets_values saved: default
+
+
+def test_april_2023_file_with_primitive_seed_mask_channel_and_null_link(real_registry):
+    api_graph = _load_old_file("2023-04_primitive_seed_inpaint.json", real_registry)
+    sampler = api_graph["3"]["inputs"]
+    assert sampler["noise_seed"] == 123456 and sampler["add_noise"] == "enable"
+    assert (sampler["steps"], sampler["cfg"], sampler["sampler_name"], sampler["scheduler"]) == (
+        25,
+        7.5,
+        "dpmpp_2m",
+        "karras",
+    )
+    assert (sampler["start_at_step"], sampler["end_at_step"]) == (0, 10000)
+    assert api_graph["11"]["inputs"] == {"image": "example.png", "channel": "red"}
+    assert api_graph["12"]["inputs"]["grow_mask_by"] == 6  # saved before the widget existed
+    assert "13" not in api_graph and "14" not in api_graph  # PrimitiveNode and Note never reach the API
+
+
+def test_june_2024_euler_pp_becomes_euler_at_twice_the_cfg(real_registry):
+    api_graph = _load_old_file("2024-06_euler_pp.json", real_registry)
+    assert (api_graph["3"]["inputs"]["sampler_name"], api_graph["3"]["inputs"]["cfg"]) == ("euler", 7.0)
+    assert api_graph["3"]["inputs"]["seed"] == 640177433911441 and api_graph["3"]["inputs"]["steps"] == 20

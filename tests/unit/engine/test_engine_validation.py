@@ -109,10 +109,64 @@ def test_cycle_is_reported_with_its_path(registry):
     assert "->" in cycle[0].message
 
 
+def test_every_cycle_is_reported(registry):
+    prompt = {
+        "1": {"class_type": "Add", "inputs": {"a": ["2", 0], "b": 1}},
+        "2": {"class_type": "Add", "inputs": {"a": ["1", 0], "b": 1}},
+        "3": {"class_type": "Sink", "inputs": {"value": ["2", 0]}},
+        "4": {"class_type": "Add", "inputs": {"a": ["5", 0], "b": 1}},
+        "5": {"class_type": "Add", "inputs": {"a": ["4", 0], "b": 1}},
+        "6": {"class_type": "Sink", "inputs": {"value": ["5", 0]}},
+    }
+    cycle = [i for i in problems(registry, prompt) if i.code == E.DEPENDENCY_CYCLE]
+    assert sorted(i.node_id for i in cycle) == ["1", "2", "4", "5"]
+
+
 def test_no_output_node(registry):
     issues = problems(registry, {"1": {"class_type": "Const", "inputs": {"value": 1}}})
     assert [i.code for i in issues] == [E.PROMPT_NO_OUTPUTS]
     assert issues[0].node_id is None and "SaveImage" in issues[0].details
+
+
+def test_unknown_node_types_are_reported_even_without_an_output_node(registry):
+    """An unknown node may be the output node: say so, and name every unknown node, needed or not."""
+    prompt = {
+        "1": {"class_type": "Const", "inputs": {"value": 1}},
+        "2": {"class_type": "SaveVideoFromAPlugin", "inputs": {"value": ["1", 0]}},
+        "3": {"class_type": "AnotherMissing", "inputs": {}},
+    }
+    issues = problems(registry, prompt)
+    assert codes(issues) == {
+        (E.MISSING_NODE_TYPE, "2", None),
+        (E.MISSING_NODE_TYPE, "3", None),
+        (E.PROMPT_NO_OUTPUTS, None, None),
+    }
+    assert "install the unknown node types" in next(i for i in issues if i.node_id is None).details
+
+
+def test_unknown_node_type_is_the_top_level_error_as_in_comfyui(registry):
+    """ComfyUI answers an unknown class_type with an `invalid_prompt` error naming it, before any
+    "no outputs" verdict; frontends show this message, so it must be the one about the missing node."""
+    prompt = {
+        "1": {"class_type": "Const", "inputs": {"value": 1}},
+        "2": {"class_type": "SaveVideoFromAPlugin", "inputs": {"value": ["1", 0]}},
+    }
+    with pytest.raises(WorkflowValidationError) as caught:
+        validate_workflow(parse_api_workflow(prompt), registry)
+    error = caught.value.prompt_error()
+    assert error["type"] == "invalid_prompt"
+    assert "SaveVideoFromAPlugin does not exist" in error["message"]
+    assert error["details"] == "Node ID '#2'"
+    assert set(caught.value.node_errors()) == {"2"}
+
+
+def test_unknown_node_types_outside_what_runs_are_reported(registry):
+    prompt = {
+        "1": {"class_type": "Const", "inputs": {"value": 1}},
+        "2": {"class_type": "Sink", "inputs": {"value": ["1", 0]}},
+        "3": {"class_type": "NotInstalled", "inputs": {}},  # may be an output node of a missing plugin
+    }
+    assert codes(problems(registry, prompt)) == {(E.MISSING_NODE_TYPE, "3", None)}
 
 
 def test_unknown_target(registry):

@@ -57,7 +57,7 @@ def _png(width, height, shade):
 @api.node("StubSave", category="stub/image", display_name="Stub Save", output_node=True,
           inputs=[api.Input("images", "IMAGE"), api.String("filename_prefix", "stub")])
 def stub_save(images, filename_prefix, context):
-    folders = context.service("folders")
+    folders = context.folders
     name = f"{filename_prefix}_{images['seed']:05d}_{time.time_ns()}.png"
     (folders.output / name).write_bytes(_png(64, 48, images["shade"]))
     return api.NodeOutput(ui={"images": [{"filename": name, "subfolder": "", "type": "output"}]})

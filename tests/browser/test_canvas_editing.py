@@ -15,7 +15,7 @@ from tests.browser.helpers import (
     workflow,
 )
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 
 def build_stub_chain(page):

@@ -12,7 +12,7 @@ import pytest
 
 from tests.browser.helpers import api_prompt, workflow
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 # A UI-format document shaped like ComfyUI's saves: seed + control_after_generate, a reroute, a
 # bypassed node (mode 4), a muted node (mode 2), a converted widget fed by a PrimitiveNode, a group.
@@ -212,8 +212,12 @@ def test_saved_workflow_reopens_identically_and_survives_reload(page):
     drop_file(page, "fox.json", json.dumps(COMFY_DOC).encode(), "application/json")
     page.wait_for_function("() => window.diffgraph.app.graph.nodes.size === 8")
     first = workflow(page)
+    page.click("#save-btn")
+    name = page.locator("#ask-dialog input")
+    assert name.input_value() == "fox"  # the opened file's name is offered
     with page.expect_download() as info:
-        page.click("#save-btn")
+        name.press("Enter")
+    assert info.value.suggested_filename == "fox.json"
     saved = json.loads(Path(info.value.path()).read_text())
     assert saved["nodes"] == first["nodes"] and saved["links"] == first["links"]
     page.click("#clear-btn")

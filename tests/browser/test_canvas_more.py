@@ -18,7 +18,7 @@ from tests.browser.helpers import (
     workflow,
 )
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 
 def test_load_image_upload_sets_the_widget_and_shows_the_image(page, server):

@@ -9,7 +9,7 @@ import pytest
 
 from tests.browser.helpers import drag, title_xy
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 
 def big_graph(chains: int = 75) -> dict:

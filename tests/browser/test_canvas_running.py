@@ -8,7 +8,7 @@ import pytest
 from tests.browser.helpers import add_node_by_search, clear_canvas, wait_until, widget_rect
 from tests.browser.test_canvas_editing import build_stub_chain
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 RECORD_EVENTS = """() => {
   window.__events = [];

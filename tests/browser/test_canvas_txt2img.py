@@ -7,7 +7,7 @@ import pytest
 
 from tests.browser.helpers import add_node_by_search, drag, socket_xy, wait_until, widget_rect
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 NEEDED = (
     "CheckpointLoaderSimple",
@@ -28,8 +28,8 @@ def model_server(tmp_path_factory):
     load_all_packs(registry, ())
     if any(n not in registry for n in NEEDED):
         pytest.skip("the model nodes (nodes/loaders.py, sampling.py, ...) are not there yet")
-    from engine.diffusion.checkpoints.synthetic import write_tiny_checkpoint
     from tests.browser.conftest import start_server
+    from tests.factories.checkpoints import write_tiny_checkpoint
 
     base = tmp_path_factory.mktemp("dg_txt2img")
     (base / "models" / "checkpoints").mkdir(parents=True)

@@ -1,11 +1,12 @@
 // UI format -> API format, with the same rules as engine/graph/ui_format.py: UI-only nodes (Reroute,
 // PrimitiveNode, Note) never reach the API; muted nodes (mode 2) are dropped; bypassed nodes (mode 4)
 // are dropped and each output is replaced by the connected input of a compatible type.
-import { CONTROL_VALUES, UI_ONLY_TYPES, typesCompatible } from "./schema.js";
+import { UI_ONLY_TYPES, savedWidgetValues, typesCompatible } from "./schema.js";
 
 export function uiToApi(doc, schemas) {
   const links = new Map();
   for (const raw of doc.links || []) {
+    if (!raw || typeof raw !== "object") continue; // nulls where ComfyUI's canvas removed links
     const l = Array.isArray(raw) ? { id: raw[0], o: raw[1], os: raw[2], type: raw[5] ?? "*" }
       : { id: raw.id, o: raw.origin_id, os: raw.origin_slot, type: raw.type ?? "*" };
     links.set(Number(l.id), l);
@@ -61,28 +62,36 @@ export function uiToApi(doc, schemas) {
   return out;
 }
 
+// The widget inputs' values of one UI node (ui_widgets.read_widget_values): legacy forms normalised,
+// missing ones defaulted.
 function widgetInputs(raw, schema) {
+  const { list, named } = savedWidgetValues(raw);
   const layout = schema.widgetLayout();
-  const values = raw.widgets_values;
   const result = {};
-  if (values && !Array.isArray(values) && typeof values === "object") {
-    for (const s of layout) if (s.kind === "input" && s.name in values) result[s.name] = values[s.name];
-    return result;
+  if (named) {
+    for (const s of layout) if (s.kind === "input" && s.name in named) result[s.name] = named[s.name];
+  } else {
+    for (const [i, value] of schema.alignWidgetValues(list)) if (layout[i].kind === "input") result[layout[i].name] = value;
   }
-  const list = values || [];
-  let p = 0;
+  renameSamplerValues(raw.type, result);
   for (const slot of layout) {
-    if (p >= list.length) break;
-    if (slot.kind !== "input") {
-      if (slot.kind !== "control" || CONTROL_VALUES.includes(list[p])) p++;
-      continue;
-    }
-    result[slot.name] = list[p++];
-  }
-  for (const slot of layout) {
-    if (slot.kind === "input" && !(slot.name in result) && slot.spec.options.default !== undefined) {
-      result[slot.name] = slot.spec.options.default;
-    }
+    if (slot.kind !== "input") continue;
+    const { name, spec } = slot;
+    if (spec.type === "COMBO" && name in result && result[name] == null && spec.choices?.length) result[name] = spec.choices[0];
+    if (!(name in result) && spec.options.default !== undefined) result[name] = spec.options.default;
   }
   return result;
+}
+
+// Sampler names ComfyUI's canvas rewrites on load: a "sample_" prefix (January 2023); euler_pp and
+// euler_ancestral_pp (June 2024) become the plain sampler at twice the cfg.
+const DOUBLED_CFG_SAMPLERS = { euler_pp: "euler", euler_ancestral_pp: "euler_ancestral" };
+function renameSamplerValues(type, values) {
+  if ((type !== "KSampler" && type !== "KSamplerAdvanced") || typeof values.sampler_name !== "string") return;
+  let name = values.sampler_name;
+  if (name.startsWith("sample_")) values.sampler_name = name = name.slice("sample_".length);
+  if (Object.hasOwn(DOUBLED_CFG_SAMPLERS, name)) {
+    values.sampler_name = DOUBLED_CFG_SAMPLERS[name];
+    if (typeof values.cfg === "number") values.cfg *= 2;
+  }
 }

@@ -7,6 +7,8 @@ import { typesCompatible, SchemaSet, UI_ONLY_TYPES } from "./schema.js";
 import { refreshInputImage } from "./widgets.js";
 
 const CLIPBOARD_KEY = "diffgraph.clipboard";
+// The lowest zoom at which render.js draws widgets and labels is 0.45; opened workflows start above it.
+const READABLE_SCALE = 0.6;
 
 export class App extends EventTarget {
   constructor(canvas, api) {
@@ -45,7 +47,9 @@ export class App extends EventTarget {
     this.view.offset = [sx / this.view.scale - gx, sy / this.view.scale - gy];
     this.setDirty();
   }
-  fitView() {
+  // `readable`: never below the zoom where widgets and labels are drawn (render.js LOW_DETAIL_SCALE);
+  // a graph too big for that opens at its top-left corner instead of as an unreadable overview.
+  fitView({ readable = false } = {}) {
     const nodes = [...this.graph.nodes.values()];
     const r = this.canvas.getBoundingClientRect();
     if (!nodes.length) { this.view = { scale: 1, offset: [0, 0] }; this.setDirty(); return; }
@@ -53,8 +57,13 @@ export class App extends EventTarget {
     for (const n of nodes) { const b = nodeBounds(n); x0 = Math.min(x0, b[0]); y0 = Math.min(y0, b[1]); x1 = Math.max(x1, b[0] + b[2]); y1 = Math.max(y1, b[1] + b[3]); }
     for (const g of this.graph.groups) { const b = g.bounding; x0 = Math.min(x0, b[0]); y0 = Math.min(y0, b[1]); x1 = Math.max(x1, b[0] + b[2]); y1 = Math.max(y1, b[1] + b[3]); }
     const pad = 40;
-    const scale = Math.min(2, Math.max(0.1, Math.min((r.width - 2 * pad) / (x1 - x0), (r.height - 2 * pad) / (y1 - y0))));
-    this.view = { scale, offset: [(r.width / scale - (x1 - x0)) / 2 - x0, (r.height / scale - (y1 - y0)) / 2 - y0] };
+    const fit = Math.min(2, Math.max(0.1, Math.min((r.width - 2 * pad) / (x1 - x0), (r.height - 2 * pad) / (y1 - y0))));
+    if (readable && fit < READABLE_SCALE) {
+      this.view = { scale: READABLE_SCALE, offset: [pad / READABLE_SCALE - x0, pad / READABLE_SCALE - y0] };
+    } else {
+      const scale = readable ? Math.min(fit, 1) : fit;
+      this.view = { scale, offset: [(r.width / scale - (x1 - x0)) / 2 - x0, (r.height / scale - (y1 - y0)) / 2 - y0] };
+    }
     this.setDirty();
   }
   // --- z order and selection ------------------------------------------------------------------
@@ -104,7 +113,27 @@ export class App extends EventTarget {
     this.dispatchEvent(new Event("graphchange"));
     this.setDirty();
   }
-  afterLoad() { for (const n of this.graph.nodes.values()) refreshInputImage(this, n); }
+  afterLoad() {
+    for (const n of this.graph.nodes.values()) {
+      refreshInputImage(this, n);
+      if (n.missing) { n.missingReason = this.missingReason(n); n.fitSize(); }
+    }
+  }
+  // Why a node type is unknown: the import error of the pack that should provide it (GET
+  // /diffgraph/plugins), matched by the pack the file names (cnr_id / aux_id) or the pack's node list;
+  // otherwise every pack that failed to load, since one of them may be the provider.
+  missingReason(node) {
+    const packs = this.pluginPacks || [];
+    const failed = packs.filter((p) => p.error || Object.keys(p.node_errors || {}).length);
+    const wanted = [node.properties?.cnr_id, String(node.properties?.aux_id || "").split("/").pop()].filter(Boolean).map((x) => String(x).toLowerCase());
+    const line = (p) => p.node_errors?.[node.type] ? `${p.name}: ${p.node_errors[node.type]}` : `pack ${p.name} failed to load: ${p.error || Object.values(p.node_errors || {})[0]}`;
+    const own = failed.filter((p) => wanted.includes(String(p.name).toLowerCase()) || (p.nodes || []).includes(node.type) || p.node_errors?.[node.type]);
+    const lines = (own.length ? own : failed).map(line);
+    return [`Node type ${node.type} is not installed.`, ...lines].join("\n");
+  }
+  async loadPluginPacks() {
+    try { this.pluginPacks = (await this.api.fetchJson("/diffgraph/plugins"))?.packs || []; } catch { this.pluginPacks = []; }
+  }
   // Undo/redo and paste rebuild the graph from a document; output images stay on the nodes.
   reloadKeepingOutputs(doc) {
     const kept = new Map([...this.graph.nodes.values()].filter((n) => n.imageUrls && !n.hasImageWidget).map((n) => [n.id, [n.images, n.imageUrls]]));
@@ -115,13 +144,17 @@ export class App extends EventTarget {
       if (n) { n.images = images; n.imageUrls = urls; }
     }
   }
+  // Another workflow: errors of the previous one go (the "load" event tells the panels), and the view
+  // fits the graph at a zoom where widgets are readable.
   loadDocument(doc, { fit = true } = {}) {
     this.graph.load(doc, this.schemas);
     this.afterLoad();
     this.selected.clear(); this.nodeErrors.clear(); this.zorder = [];
+    this.workflowName = null;
+    this.dispatchEvent(new Event("load"));
     const ds = doc.extra?.ds;
     if (ds && Array.isArray(ds.offset) && !fit) this.view = { scale: ds.scale || 1, offset: [...ds.offset] };
-    else this.fitView();
+    else this.fitView({ readable: true });
     this.changed();
     this.setDirty();
   }

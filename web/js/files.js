@@ -2,6 +2,7 @@
 // API-format import, local-storage persistence and the default txt2img graph.
 import { uiToApi } from "./apiformat.js";
 import { Graph } from "./graph.js";
+import { askText } from "./menus.js";
 
 const STORAGE_KEY = "diffgraph.workflow";
 
@@ -13,8 +14,13 @@ export function download(filename, text, type = "application/json") {
   setTimeout(() => URL.revokeObjectURL(a.href), 1000);
 }
 
-export function saveWorkflow(app, name = "workflow") {
-  download(`${name.replace(/\.json$/, "")}.json`, JSON.stringify(app.graph.serialize(app.view), null, 2));
+// Asks for the file name first (the name of the opened file or example is offered), as ComfyUI does.
+export async function saveWorkflow(app, name = null) {
+  name ??= await askText("Save workflow as", app.workflowName || "workflow", "Save");
+  if (!name) return false;
+  app.workflowName = name.replace(/\.json$/i, "");
+  download(`${app.workflowName}.json`, JSON.stringify(app.graph.serialize(app.view), null, 2));
+  return true;
 }
 export function exportApi(app, name = "workflow_api") {
   download(`${name}.json`, JSON.stringify(uiToApi(app.graph.serialize(), app.schemas), null, 2));
@@ -85,24 +91,27 @@ export function apiToUi(prompt, schemas) {
 }
 
 // Accepts a parsed JSON document of either format (or a PNG's text chunks) and loads it.
-export function loadAnyDocument(app, doc) {
-  if (doc && Array.isArray(doc.nodes) && "links" in doc) { app.loadDocument(doc); return true; }
-  if (doc && typeof doc === "object" && Object.values(doc).every((v) => v && typeof v === "object" && "class_type" in v)) {
-    app.loadDocument(apiToUi(doc, app.schemas)); return true;
-  }
-  return false;
+// `name` (a file name) becomes the name offered when saving.
+export function loadAnyDocument(app, doc, name = null) {
+  let ui = null;
+  if (doc && Array.isArray(doc.nodes) && "links" in doc) ui = doc;
+  else if (doc && typeof doc === "object" && Object.values(doc).every((v) => v && typeof v === "object" && "class_type" in v)) ui = apiToUi(doc, app.schemas);
+  if (!ui) return false;
+  app.loadDocument(ui);
+  if (name) app.workflowName = String(name).replace(/\.(json|png)$/i, "");
+  return true;
 }
 
 export async function openFile(app, file) {
   try {
     if (file.type === "image/png" || file.name.toLowerCase().endsWith(".png")) {
       const text = readPngText(await file.arrayBuffer()) || {};
-      if (text.workflow) return loadAnyDocument(app, JSON.parse(text.workflow));
-      if (text.prompt) return loadAnyDocument(app, JSON.parse(text.prompt));
+      if (text.workflow) return loadAnyDocument(app, JSON.parse(text.workflow), file.name);
+      if (text.prompt) return loadAnyDocument(app, JSON.parse(text.prompt), file.name);
       app.toast(`${file.name} has no embedded workflow`, true); return false;
     }
     const doc = JSON.parse(await file.text());
-    if (!loadAnyDocument(app, doc)) { app.toast(`${file.name} is not a workflow (UI or API format)`, true); return false; }
+    if (!loadAnyDocument(app, doc, file.name)) { app.toast(`${file.name} is not a workflow (UI or API format)`, true); return false; }
     return true;
   } catch (e) { app.toast(`Could not open ${file.name}: ${e.message}`, true); return false; }
 }

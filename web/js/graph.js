@@ -1,8 +1,27 @@
 // The graph model (nodes, links, groups) and ComfyUI UI-format (version 0.4) serialization.
-import { CONTROL_VALUES, hasControl } from "./schema.js";
+import { CONTROL_VALUES, controlMode, hasControl, savedWidgetValues } from "./schema.js";
 
 export const MODE_ALWAYS = 0, MODE_MUTED = 2, MODE_BYPASSED = 4;
 export const TITLE_H = 26, SLOT_H = 20, WIDGET_H = 22, TEXTAREA_H = 76, NODE_MIN_W = 200;
+
+const MISSING_W = 340;
+let measure = null;
+function textWidth(text, font = "12px sans-serif") {
+  measure ??= document.createElement("canvas").getContext("2d");
+  measure.font = font;
+  return measure.measureText(String(text)).width;
+}
+// The node width at which render.js drawWidget shows the whole label: the value keeps at most 120 px
+// (longer ones are cut), and the label never needs more than the 55 % that drawWidget leaves it.
+function widgetWidth(w) {
+  if (w.kind === "textarea" || w.kind === "button") return 0;
+  const toggle = w.kind === "toggle" ? 20 : 0;
+  const pad = w.kind === "number" || w.kind === "combo" ? 20 : 10;
+  const label = textWidth(w.name);
+  const value = Math.min(textWidth(w.kind === "toggle" ? "false" : String(w.value ?? "")) + 8, 120) + toggle;
+  const avail = Math.max(label + value, (label + toggle) / 0.55) + 6;
+  return avail + pad * 2 + 10 + 20;
+}
 
 export class GraphNode {
   constructor(id, type) {
@@ -25,13 +44,21 @@ export class GraphNode {
   }
   widget(name) { return this.widgets.find((w) => w.name === name); }
   visibleWidgets() { return this.widgets.filter((w) => !w.converted); }
+  // Wide enough that no title, socket label or widget label is cut at the default size.
   computeSize() {
     const rows = Math.max(this.inputs.length, this.outputs.length);
     let h = rows * SLOT_H + 6;
     for (const w of this.visibleWidgets()) h += (w.kind === "textarea" ? TEXTAREA_H : WIDGET_H) + 4;
     if (this.images.length || this.preview || this.hasImageWidget) h += 200;
-    const w = Math.max(NODE_MIN_W, this.title.length * 7.5 + 50);
-    return [w, Math.max(h, 30)];
+    let w = Math.max(NODE_MIN_W, textWidth(this.title, "bold 13px sans-serif") + 60);
+    for (let i = 0; i < rows; i++) w = Math.max(w, textWidth(this.inputs[i]?.name ?? "") + textWidth(this.outputs[i]?.name ?? "") + 56);
+    for (const widget of this.visibleWidgets()) w = Math.max(w, widgetWidth(widget));
+    if (this.missingReason) {
+      w = Math.max(w, MISSING_W);
+      const lines = this.missingReason.split("\n").reduce((n, para) => n + Math.ceil((textWidth(para) + 1) / (MISSING_W - 40)), 0);
+      h += lines * 14 + 16;
+    }
+    return [Math.ceil(w), Math.max(h, 30)];
   }
   fitSize() {
     const [w, h] = this.computeSize();
@@ -68,16 +95,14 @@ export class Graph {
     } else if (schema) {
       node.title = schema.displayName;
       node.description = schema.description;
-      for (const spec of schema.inputs) {
-        if (!spec.isWidget) { node.inputs.push({ name: spec.name, type: spec.type, link: null }); continue; }
-        node.widgets.push(makeWidget(spec));
-        if (hasControl(spec)) {
-          node.widgets.push({ name: "control_after_generate", kind: "combo", value: "fixed", control: true,
-            spec: { type: "COMBO", choices: CONTROL_VALUES, options: {} } });
-        }
-        if (spec.options.image_upload || spec.options.upload) {
+      for (const spec of schema.inputs) if (!spec.isWidget) node.inputs.push({ name: spec.name, type: spec.type, link: null });
+      // Widgets in widgets_values order, so that saving writes the layout ComfyUI (and ui_widgets.py) reads.
+      for (const slot of schema.widgetLayout()) {
+        if (slot.kind === "input") node.widgets.push(makeWidget(slot.spec));
+        else if (slot.kind === "control") node.widgets.push(controlWidget("fixed"));
+        else {
           node.hasImageWidget = true;
-          node.widgets.push({ name: "upload", kind: "button", value: "image", upload: spec.name, spec });
+          node.widgets.push({ name: "upload", kind: "button", value: "image", upload: slot.spec.name, spec: slot.spec });
         }
       }
       node.outputs = schema.outputs.map((o) => ({ name: o.name, type: o.type, links: [] }));
@@ -167,8 +192,8 @@ export class Graph {
     node.widgets = [];
     if (spec) {
       node.widgets.push({ ...makeWidget(spec), name: "value", value: values[0] ?? spec.options.default });
-      if (hasControl(spec) || CONTROL_VALUES.includes(values[1])) {
-        node.widgets.push({ name: "control_after_generate", kind: "combo", value: CONTROL_VALUES.includes(values[1]) ? values[1] : "fixed", control: true, spec: { type: "COMBO", choices: CONTROL_VALUES, options: {} } });
+      if (hasControl(spec) || CONTROL_VALUES.includes(values[1]) || typeof values[1] === "boolean") {
+        node.widgets.push(controlWidget(controlMode(values[1])));
       }
       node.size = [Math.max(node.size[0], 200), Math.max(node.size[1], node.computeSize()[1])];
     } else {
@@ -192,9 +217,10 @@ export class Graph {
     const nodeList = Array.isArray(doc.nodes) ? doc.nodes : [];
     for (const raw of nodeList) {
       const node = this.createNode(raw.type, schemas, Number(raw.id));
-      applyNodeDocument(node, raw);
+      applyNodeDocument(node, raw, schemas.get(raw.type));
     }
     for (const raw of doc.links || []) {
+      if (!raw || typeof raw !== "object") continue; // ComfyUI's canvas leaves nulls where links were removed
       const l = Array.isArray(raw)
         ? { id: raw[0], origin_id: raw[1], origin_slot: raw[2], target_id: raw[3], target_slot: raw[4], type: raw[5] ?? "*" }
         : { id: raw.id, origin_id: raw.origin_id, origin_slot: raw.origin_slot, target_id: raw.target_id, target_slot: raw.target_slot, type: raw.type ?? "*" };
@@ -212,6 +238,10 @@ export class Graph {
     }
     this.updateRerouteTypes();
   }
+}
+
+function controlWidget(value) {
+  return { name: "control_after_generate", kind: "combo", value, control: true, spec: { type: "COMBO", choices: CONTROL_VALUES, options: {} } };
 }
 
 function makeWidget(spec) {
@@ -250,7 +280,7 @@ function serializeNode(n, order) {
   return out;
 }
 
-function applyNodeDocument(node, raw) {
+function applyNodeDocument(node, raw, schema) {
   node.defaultTitle = node.title;
   if (typeof raw.title === "string") node.title = raw.title;
   node.pos = [Number(raw.pos?.[0] ?? raw.pos?.["0"] ?? 0), Number(raw.pos?.[1] ?? raw.pos?.["1"] ?? 0)];
@@ -267,15 +297,14 @@ function applyNodeDocument(node, raw) {
     return;
   }
   // widgets_values: a list in layout order (an older file may omit control_after_generate), or a dict.
-  const values = raw.widgets_values;
-  if (values && !Array.isArray(values) && typeof values === "object") {
-    for (const w of node.widgets) if (w.name in values) w.value = values[w.name];
-  } else if (Array.isArray(values)) {
-    let p = 0;
-    for (let i = 0; i < node.widgets.length && p < values.length; i++) {
+  const { list, named } = savedWidgetValues(raw);
+  if (named) {
+    for (const w of node.widgets) if (w.name in named) w.value = w.control ? controlMode(named[w.name]) : named[w.name];
+  } else if (list.length && schema) {
+    // node.widgets follow the schema's full layout, so aligned slot indexes are widget indexes.
+    for (const [i, value] of schema.alignWidgetValues(list)) {
       const w = node.widgets[i];
-      if (w.control && !CONTROL_VALUES.includes(values[p])) continue;
-      w.value = values[p++];
+      if (w) w.value = w.control ? controlMode(value) : value;
     }
   }
   // Inputs: sockets keep their order; inputs carrying `widget` are converted widgets.

@@ -21,7 +21,9 @@ async function main() {
   window.addEventListener("resize", () => app.renderer.resize());
   attachInteraction(app, canvas);
   attachDrop(app, document.body);
+  const packs = app.loadPluginPacks(); // for the import errors of packs whose nodes a workflow misses
   try { await app.loadSchemas(); } catch (e) { panels.toast(`Could not load /object_info: ${e.message}`, true); }
+  await packs;
   if (!restoreSaved(app)) app.loadDocument(defaultGraph(app));
   app.resetHistory();
   let saveTimer = null;

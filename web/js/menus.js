@@ -141,3 +141,25 @@ export function editValue(rect, value, { multiline = false, onCommit }) {
   el.focus(); el.select?.();
   return el;
 }
+
+// A small modal asking for a text (e.g. a file name); resolves to the trimmed text, or null when
+// cancelled (Escape, Cancel, a click outside).
+export function askText(title, value = "", okLabel = "OK") {
+  document.getElementById("ask-dialog")?.remove();
+  return new Promise((resolve) => {
+    const box = document.createElement("div");
+    box.id = "ask-dialog";
+    box.innerHTML = `<form class="ask-inner"><label></label><input name="value" autocomplete="off"><div class="ask-buttons"><button type="button" class="cancel">Cancel</button><button type="submit" class="primary"></button></div></form>`;
+    const form = box.firstChild, input = form.querySelector("input");
+    form.querySelector("label").textContent = title;
+    form.querySelector("button.primary").textContent = okLabel;
+    input.value = value;
+    const done = (result) => { box.remove(); resolve(result); };
+    form.addEventListener("submit", (e) => { e.preventDefault(); const v = input.value.trim(); done(v || null); });
+    form.querySelector("button.cancel").addEventListener("click", () => done(null));
+    box.addEventListener("pointerdown", (e) => { if (e.target === box) done(null); });
+    input.addEventListener("keydown", (e) => { e.stopPropagation(); if (e.key === "Escape") done(null); });
+    document.body.appendChild(box);
+    input.focus(); input.select();
+  });
+}

@@ -23,7 +23,7 @@ export const SHORTCUTS = [
   ["Ctrl+M", "Mute selected nodes"],
   ["Alt+C", "Collapse / expand selected nodes"],
   ["Ctrl+G", "Group selected nodes"],
-  ["Ctrl+S / Ctrl+O", "Save / open workflow"],
+  ["Ctrl+S / Ctrl+O", "Save (asks for a file name) / open workflow"],
   ["?", "This help"],
 ];
 
@@ -35,6 +35,9 @@ const el = (tag, attrs = {}, ...children) => {
   e.append(...children.filter((c) => c != null));
   return e;
 };
+
+// replaceChildren turns a null into the text "null": leave the optional children out.
+const fill = (target, ...children) => target.replaceChildren(...children.filter((c) => c != null));
 
 export class Panels {
   constructor(app, api, runner) {
@@ -62,10 +65,10 @@ export class Panels {
     this.examples = el("button", { id: "examples-btn", class: "hidden", onclick: (e) => this.examplesMenu(e) }, "Examples");
     const bar = el("div", { id: "toolbar" },
       el("span", { class: "brand" }, "diffgraph"),
-      el("button", { id: "queue-btn", class: "primary", onclick: () => runner.queue(this.batchCount()) }, "Queue"),
+      el("button", { id: "queue-btn", class: "primary", title: "Queue the workflow to run (Ctrl+Enter)", onclick: () => runner.queue(this.batchCount()) }, "Run"),
       this.batch,
       el("button", { id: "interrupt-btn", onclick: () => api.interrupt().catch(() => {}) }, "Interrupt"),
-      el("button", { id: "queue-panel-btn", onclick: () => this.toggleSide("queue") }, "Queue ", this.queueCount),
+      el("button", { id: "queue-panel-btn", title: "Running and pending prompts", onclick: () => this.toggleSide("queue") }, "Queue ", this.queueCount),
       el("button", { id: "history-btn", onclick: () => this.toggleSide("history") }, "History"),
       el("span", { class: "sep" }),
       el("button", { id: "save-btn", onclick: () => saveWorkflow(app) }, "Save"),
@@ -90,7 +93,7 @@ export class Panels {
   examplesMenu(e) {
     const r = e.target.getBoundingClientRect();
     showMenu(this.exampleList.map((name) => ({ label: String(name).replace(/\.json$/, ""), action: async () => {
-      try { loadAnyDocument(this.app, await this.api.getWorkflow(name)); } catch (err) { this.toast(`Could not load ${name}: ${err.message}`, true); }
+      try { loadAnyDocument(this.app, await this.api.getWorkflow(name), String(name)); } catch (err) { this.toast(`Could not load ${name}: ${err.message}`, true); }
     } })), r.left, r.bottom);
   }
   toast(message, error = false) {
@@ -108,7 +111,7 @@ export class Panels {
     const e = this.runner.lastError;
     if (!e) { this.errorBox.classList.add("hidden"); return; }
     const details = el("details", {}, el("summary", {}, "Details / traceback"), el("pre", {}, e.details || ""));
-    this.errorBox.replaceChildren(
+    fill(this.errorBox,
       el("div", { class: "error-title" }, e.title, el("button", { class: "close", onclick: () => this.errorBox.classList.add("hidden") }, "×")),
       el("div", { class: "error-message" }, e.message), details);
     this.errorBox.classList.remove("hidden");
@@ -135,12 +138,12 @@ export class Panels {
   }
   async renderQueue() {
     let q;
-    try { q = await this.api.getQueue(); } catch (e) { this.side.replaceChildren(el("div", {}, `Queue unavailable: ${e.message}`)); return; }
+    try { q = await this.api.getQueue(); } catch (e) { fill(this.side, el("div", {}, `Queue unavailable: ${e.message}`)); return; }
     const row = (item, running) => el("div", { class: `queue-item${running ? " running" : ""}`, "data-id": item[1] },
       el("span", {}, `${running ? "▶ running" : "pending"} #${item[0]} ${String(item[1]).slice(0, 8)}`),
       running ? el("button", { class: "cancel", onclick: async () => { await this.api.interrupt(); this.refreshSide(); } }, "Cancel")
         : el("button", { class: "delete", onclick: async () => { await this.api.deleteQueueItems([item[1]]); this.refreshSide(); } }, "Delete"));
-    this.side.replaceChildren(
+    fill(this.side,
       el("h3", {}, "Queue"),
       el("button", { id: "clear-queue", onclick: async () => { await this.api.clearQueue(); this.refreshSide(); } }, "Clear pending"),
       ...(q.queue_running || []).map((i) => row(i, true)),
@@ -149,9 +152,9 @@ export class Panels {
   }
   async renderHistory() {
     let h;
-    try { h = await this.api.getHistory(); } catch (e) { this.side.replaceChildren(el("div", {}, `History unavailable: ${e.message}`)); return; }
+    try { h = await this.api.getHistory(); } catch (e) { fill(this.side, el("div", {}, `History unavailable: ${e.message}`)); return; }
     const entries = Object.entries(h).sort((a, b) => (b[1].prompt?.[0] ?? 0) - (a[1].prompt?.[0] ?? 0));
-    this.side.replaceChildren(el("h3", {}, "History"),
+    fill(this.side, el("h3", {}, "History"),
       el("button", { id: "clear-history", onclick: async () => { await this.api.deleteHistory(); this.refreshSide(); } }, "Clear history"),
       ...entries.map(([id, item]) => {
         const images = Object.values(item.outputs || {}).flatMap((o) => o.images || []);

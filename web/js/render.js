@@ -1,5 +1,5 @@
 // Canvas 2D drawing of the graph: grid, groups, links, nodes, widgets, overlays.
-import { TITLE_H, MODE_BYPASSED, MODE_MUTED } from "./graph.js";
+import { SLOT_H, TITLE_H, MODE_BYPASSED, MODE_MUTED } from "./graph.js";
 import { collapsedWidth, imageArea, inputPos, isReroute, nodeBounds, outputPos, widgetRects } from "./geometry.js";
 import { typeColor } from "./schema.js";
 
@@ -134,12 +134,27 @@ export class Renderer {
       ctx.textAlign = "left";
       for (const { widget, rect } of widgetRects(node)) this.drawWidget(widget, rect, err?.inputs?.has(widget.name));
       this.drawImages(node);
+      if (node.missing && node.missingReason) this.drawMissingReason(node);
       if (err && err.message) {
         ctx.fillStyle = "#ff6b6b"; ctx.font = FONT;
         wrap(ctx, err.message, w - 8).slice(0, 4).forEach((line, k) => ctx.fillText(line, x + 4, y + h + 12 + k * 14));
       }
     }
     ctx.globalAlpha = 1;
+  }
+  // An unknown node type says so, with the import error of the pack that should provide it.
+  drawMissingReason(node) {
+    const { ctx } = this;
+    const rows = Math.max(node.inputs.length, node.outputs.length);
+    let y = node.pos[1] + rows * SLOT_H + 14;
+    ctx.font = FONT; ctx.textAlign = "left"; ctx.textBaseline = "middle";
+    node.missingReason.split("\n").forEach((para, k) => {
+      ctx.fillStyle = k === 0 ? "#ffd0d0" : "#ff9a9a";
+      for (const line of wrap(ctx, para, node.size[0] - 16)) {
+        if (y > node.pos[1] + node.size[1] - 6) return;
+        ctx.fillText(line, node.pos[0] + 8, y); y += 14;
+      }
+    });
   }
   socket(p, type, filled, error = false) {
     const { ctx } = this;

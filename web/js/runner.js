@@ -10,6 +10,10 @@ export class Runner extends EventTarget {
     this.outputs = []; // gallery: [{image, url, nodeId, promptId}]
     this.waiting = new Set();
     this.lastError = null;
+    this.finishedEarly = new Set();
+    this.reported = new Set(); // execution errors already toasted (the WebSocket and /history both tell)
+    // Another workflow: the previous one's error panel and highlights no longer apply.
+    app.addEventListener("load", () => { this.lastError = null; app.nodeErrors.clear(); this.emit("error"); });
     const on = (type, fn) => api.addEventListener(type, (e) => { fn(e.detail); app.setDirty(); });
     on("executing", (d) => {
       if (d?.node == null) { app.executing = null; app.progress = null; if (d?.prompt_id) this.finish(d.prompt_id); }
@@ -42,6 +46,7 @@ export class Runner extends EventTarget {
       try {
         const res = await this.api.queuePrompt(prompt, doc, front);
         this.waiting.add(res.prompt_id);
+        if (this.finishedEarly.delete(res.prompt_id)) this.finish(res.prompt_id);
         if (!this.api.connected) this.poll(res.prompt_id);
       } catch (e) {
         this.showValidationErrors(e.body, e.message);
@@ -81,7 +86,8 @@ export class Runner extends EventTarget {
     app.executing = null; app.progress = null;
     app.nodeErrors.set(String(d.node_id), { message: d.exception_message || "failed", inputs: new Set() });
     this.lastError = { title: `Error in #${d.node_id} ${d.node_type || ""}`, message: d.exception_message || "", details: Array.isArray(d.traceback) ? d.traceback.join("") : (d.traceback || "") };
-    app.toast(`${d.node_type || "node"} #${d.node_id} failed: ${d.exception_message}`, true);
+    const key = `${d.prompt_id}:${d.node_id}:${d.exception_message}`;
+    if (!this.reported.has(key)) { this.reported.add(key); app.toast(`${d.node_type || "node"} #${d.node_id} failed: ${d.exception_message}`, true); }
     this.emit("error");
   }
   applyOutput(nodeId, output, promptId) {
@@ -96,7 +102,8 @@ export class Runner extends EventTarget {
     this.emit("outputs");
   }
   async finish(promptId) {
-    if (!this.waiting.has(promptId)) return;
+    // A prompt that fails at once can end before /prompt's answer arrives: finished when it does.
+    if (!this.waiting.has(promptId)) { this.finishedEarly.add(promptId); return; }
     try {
       const h = (await this.api.getHistoryItem(promptId))[promptId];
       if (h) this.applyHistory(h);

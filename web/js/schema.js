@@ -39,25 +39,89 @@ export class NodeSchema {
       isList: !!(info.output_is_list || [])[i],
     }));
   }
-  // Positions of widgets_values: each widget, then an extra control_after_generate value after
-  // seed-like INTs and a placeholder after image-upload combos (same rules as ui_format.widget_layout).
-  widgetLayout() {
+  // Positions of widgets_values, as ComfyUI's canvas lays them out (the rules of
+  // engine/graph/ui_widgets.py widget_layout): the widgets in order, required first; after a seed-like
+  // INT its control_after_generate value; after all required inputs one "upload" placeholder when one
+  // of them is a media-upload combo. `uploads: false` leaves the placeholder out; `forced: true` adds
+  // the values older canvases saved for forceInput inputs of widget types.
+  widgetLayout({ uploads = true, forced = false } = {}) {
     const slots = [];
-    for (const spec of this.inputs) {
-      if (!spec.isWidget) continue;
-      slots.push({ kind: "input", name: spec.name, spec });
-      if (hasControl(spec)) slots.push({ kind: "control", name: "control_after_generate", spec });
-      if (spec.options.image_upload || spec.options.upload) slots.push({ kind: "upload", name: "upload", spec });
+    for (const optional of [false, true]) {
+      const group = this.inputs.filter((spec) => spec.optional === optional);
+      for (const spec of group) {
+        if (spec.isWidget) slots.push({ kind: "input", name: spec.name, spec });
+        else if (forced && spec.options.forceInput && WIDGET_TYPES.has(spec.type)) slots.push({ kind: "forced", name: spec.name, spec });
+        else continue;
+        if (hasControl(spec)) slots.push({ kind: "control", name: "control_after_generate", spec });
+      }
+      const upload = optional ? null : group.find(hasUpload);
+      if (uploads && upload) slots.push({ kind: "upload", name: "upload", spec: upload });
     }
     return slots;
   }
+  // Which full-layout slot each of a node's saved `widgets_values` belongs to: [[slotIndex, value]]
+  // (ui_widgets._align). A list whose length fits a layout exactly is read with it (newest first);
+  // otherwise the full layout is walked, skipping a control position whose value is not a control mode
+  // (the file predates the control) and stopping where the values end.
+  alignWidgetValues(values) {
+    const full = this.widgetLayout();
+    const indexOf = (slot) => full.findIndex((f) => f.kind === slot.kind && f.spec === slot.spec);
+    const candidates = [full, this.widgetLayout({ uploads: false })];
+    if (this.inputs.some((s) => s.options.forceInput && WIDGET_TYPES.has(s.type))) {
+      candidates.push(this.widgetLayout({ forced: true }), this.widgetLayout({ uploads: false, forced: true }));
+    }
+    const exact = candidates.find((layout) => layout.length === values.length);
+    if (exact) return exact.map((slot, k) => [indexOf(slot), values[k]]).filter(([i]) => i >= 0);
+    const out = [];
+    let p = 0;
+    for (let i = 0; i < full.length && p < values.length; i++) {
+      const slot = full[i], value = values[p];
+      if (slot.kind === "control") {
+        if (isControlValue(value, full[i + 1])) { out.push([i, value]); p++; }
+        continue;
+      }
+      out.push([i, value]); p++;
+    }
+    return out;
+  }
 }
+
+// A UI node's saved values: {list} (an array, or an array saved as an object with "length") or
+// {named} (an object keyed by widget name, or `widgets_values_named`), as ui_widgets._raw_values reads.
+export function savedWidgetValues(raw) {
+  const v = raw.widgets_values;
+  if (Array.isArray(v)) return { list: v };
+  if (v && typeof v === "object") {
+    const n = v.length;
+    if (Number.isInteger(n) && n >= 0 && n <= 10000) return { list: Array.from({ length: n }, (_, i) => v[String(i)] ?? null) };
+    return { named: v };
+  }
+  const named = raw.widgets_values_named;
+  if (named && typeof named === "object" && !Array.isArray(named)) return { named };
+  return { list: [] };
+}
+
+export const MEDIA_UPLOAD_FLAGS = ["image_upload", "video_upload", "animated_image_upload", "audio_upload"];
+export function hasUpload(spec) { return spec.type === "COMBO" && MEDIA_UPLOAD_FLAGS.some((f) => spec.options[f]); }
 
 export function hasControl(spec) {
   return spec.type === "INT" && (!!spec.options.control_after_generate || SEED_NAMES.has(spec.name));
 }
 
-// Socket types are compatible when equal, either is "*", or comma-separated unions overlap.
+// A control position holds a mode name, or a boolean: the March-April 2023 toggle, unless the file
+// predates the control and the boolean is the next widget's (a BOOLEAN's) value.
+function isControlValue(value, next) {
+  if (typeof value === "string") return CONTROL_VALUES.includes(value);
+  if (typeof value !== "boolean") return false;
+  return !(next && next.kind !== "upload" && next.spec.type === "BOOLEAN");
+}
+// The 2023 toggle as a mode: true randomized the seed, false kept it.
+export function controlMode(value) {
+  if (value === true) return "randomize";
+  if (value === false) return "fixed";
+  return CONTROL_VALUES.includes(value) ? value : "fixed";
+}
+
 export function typesCompatible(a, b) {
   if (!a || !b || a === "*" || b === "*") return true;
   if (a === b) return true;

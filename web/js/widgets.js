@@ -1,6 +1,7 @@
 // Widget behaviour: number drag/step/clamp, combos, toggles, text editors, image upload, and
 // control_after_generate (fixed/increment/decrement/randomize) applied after a prompt is queued.
 import { editValue, showMenu } from "./menus.js";
+import { hasUpload } from "./schema.js";
 
 export function clampNumber(w, v) {
   const o = w.spec?.options || {};
@@ -95,10 +96,13 @@ export async function uploadToWidget(app, node, widgetName, file) {
 // LoadImage-like nodes show the chosen input file.
 export function refreshInputImage(app, node) {
   if (!node.hasImageWidget) return;
-  const w = node.widgets.find((x) => x.spec?.options?.image_upload || x.spec?.options?.upload);
+  const w = node.widgets.find((x) => !x.upload && hasUpload(x.spec || { options: {} }));
   if (!w || !w.value) return;
-  const [subfolder, filename] = String(w.value).includes("/") ? [w.value.slice(0, w.value.lastIndexOf("/")), w.value.slice(w.value.lastIndexOf("/") + 1)] : ["", w.value];
-  node.imageUrls = [app.api.viewUrl({ filename, subfolder, type: "input" })];
+  // ComfyUI's annotated names ("x.png [output]", written by its mask editor) name the folder.
+  const m = /^(.*) \[(input|output|temp)\]$/.exec(String(w.value));
+  const name = m ? m[1] : String(w.value), type = m ? m[2] : "input";
+  const cut = name.lastIndexOf("/");
+  node.imageUrls = [app.api.viewUrl({ filename: name.slice(cut + 1), subfolder: cut >= 0 ? name.slice(0, cut) : "", type })];
 }
 
 // After queueing, seed-like widgets move on by their control value (ComfyUI's behaviour).

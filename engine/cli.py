@@ -7,11 +7,12 @@ and per step. Exit codes: 0 success, 1 validation problems, 2 execution error or
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from engine.errors import DiffgraphError, WorkflowFormatError, WorkflowValidationError
 from engine.execution import events as ev
@@ -20,6 +21,11 @@ from engine.graph.api_format import is_link
 from engine.graph.loading import load_workflow_file
 from engine.graph.workflow import Link, Workflow
 from engine.runtime import Runtime, build_runtime
+
+if TYPE_CHECKING:
+    import torch
+
+    from engine.memory.devices import MemoryOptions
 
 EXIT_OK, EXIT_INVALID, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -44,11 +50,76 @@ def _add_folder_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--disable-custom-nodes", action="store_true", help="load only the built-in nodes")
 
 
-def _add_memory_options(parser: argparse.ArgumentParser) -> None:
-    # Imported here: engine.memory imports torch, which `diffgraph --help` should not pay for.
-    from engine.memory.devices import add_memory_arguments
+def add_memory_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """Add the device/memory flags to `parser` (ComfyUI's names; --ram-budget is ours)."""
+    # Imported here: engine.memory imports torch, which importing this module must not pay for.
+    from engine.memory.devices import DTYPE_NAMES, VRAMMode
 
-    add_memory_arguments(parser)
+    group = parser.add_argument_group("device and memory")
+    group.add_argument("--cpu", action="store_true", help="Run everything on the CPU (slow).")
+    group.add_argument(
+        "--cuda-device", type=int, default=None, metavar="INDEX", help="Which CUDA device to use (default 0)."
+    )
+    modes = group.add_mutually_exclusive_group()
+    for mode, text in (
+        (VRAMMode.GPU_ONLY, "Keep everything (models, text encoders, intermediates) on the GPU."),
+        (VRAMMode.HIGH, "Keep models in GPU memory instead of offloading them to RAM after use."),
+        (VRAMMode.NORMAL, "Force normal VRAM use (load fully when it fits, otherwise partially)."),
+        (VRAMMode.LOW, "Split models so that only part of them is resident on the GPU (less VRAM)."),
+        (VRAMMode.NO, "Keep no weights resident: stream every layer to the GPU for its forward pass."),
+    ):
+        modes.add_argument(
+            f"--{mode.value}", dest="vram_mode", action="store_const", const=mode.value, help=text
+        )
+    group.add_argument(
+        "--reserve-vram",
+        type=float,
+        default=None,
+        metavar="GB",
+        help="GB of VRAM to leave free for other software (default: a small safety margin).",
+    )
+    choices = list(DTYPE_NAMES)
+    group.add_argument("--unet-dtype", choices=choices, default=None, help="Storage dtype of the UNet.")
+    group.add_argument(
+        "--text-encoder-dtype", choices=choices, default=None, help="Storage dtype of the text encoders."
+    )
+    group.add_argument("--vae-dtype", choices=choices, default=None, help="Dtype of the VAE.")
+    precision = group.add_mutually_exclusive_group()
+    precision.add_argument("--force-fp32", action="store_true", help="Run every model in float32.")
+    precision.add_argument("--force-fp16", action="store_true", help="Run models in float16 where allowed.")
+    group.add_argument("--cpu-vae", action="store_true", help="Run the VAE on the CPU.")
+    group.add_argument(
+        "--ram-budget",
+        type=float,
+        default=None,
+        metavar="GB",
+        help="Keep at most this many GB of offloaded model weights in RAM; beyond it, least recently "
+        "used models are dropped and re-read from their (memory-mapped) file when needed again.",
+    )
+    return group
+
+
+def memory_options_from_args(ns: argparse.Namespace) -> MemoryOptions:
+    """engine.memory's options from a namespace filled by a parser `add_memory_arguments` was applied to."""
+    from engine.memory.devices import MemoryOptions, VRAMMode, parse_dtype
+
+    def dtype(attr: str) -> torch.dtype | None:
+        value = getattr(ns, attr, None)
+        return parse_dtype(value) if value else None
+
+    return MemoryOptions(
+        cpu=bool(getattr(ns, "cpu", False)),
+        vram_mode=VRAMMode(getattr(ns, "vram_mode", None) or "auto"),
+        reserve_vram_gb=getattr(ns, "reserve_vram", None),
+        cuda_device=getattr(ns, "cuda_device", None),
+        unet_dtype=dtype("unet_dtype"),
+        text_encoder_dtype=dtype("text_encoder_dtype"),
+        vae_dtype=dtype("vae_dtype"),
+        force_fp32=bool(getattr(ns, "force_fp32", False)),
+        force_fp16=bool(getattr(ns, "force_fp16", False)),
+        cpu_vae=bool(getattr(ns, "cpu_vae", False)),
+        ram_budget_gb=getattr(ns, "ram_budget", None),
+    )
 
 
 def _add_serve_options(parser: argparse.ArgumentParser) -> None:
@@ -90,6 +161,13 @@ def _add_serve_options(parser: argparse.ArgumentParser) -> None:
         metavar="S",
         help="seconds the running prompt may finish on exit",
     )
+    parser.add_argument(
+        "--front-end",
+        default="official",
+        metavar="official|builtin|PATH",
+        help="the web UI served at /: ComfyUI's official frontend (default; the comfyui-frontend-package "
+        "package), the built-in canvas (web/), or a folder holding index.html (e.g. another frontend version)",
+    )
     parser.add_argument("--log-format", choices=("text", "json"), default="text")
     parser.add_argument("--log-level", default="INFO")
 
@@ -112,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--target", action="append", default=[], help="run only what this output node needs")
     run.add_argument("--quiet", action="store_true", help="no progress output")
     _add_folder_options(run)
-    _add_memory_options(run)
+    add_memory_arguments(run)
 
     validate = sub.add_parser("validate", help="check a workflow and list every problem")
     validate.add_argument("workflow")
@@ -126,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="start the HTTP/WebSocket server (docs/server.md)")
     _add_serve_options(serve)
     _add_folder_options(serve)
-    _add_memory_options(serve)
+    add_memory_arguments(serve)
     return parser
 
 
@@ -144,9 +222,7 @@ def runtime_from_args(args: argparse.Namespace) -> Runtime:
     with_models = args.command in ("run", "serve")
     memory_options = None
     if with_models:
-        from engine.memory.devices import MemoryOptions
-
-        memory_options = MemoryOptions.from_args(args)
+        memory_options = memory_options_from_args(args)
     return build_runtime(
         folders,
         load_custom_nodes=not args.disable_custom_nodes,
@@ -273,8 +349,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_nodes(args: argparse.Namespace) -> int:
-    runtime = runtime_from_args(args)
+    # Packs print while they import; that chatter goes to stderr so stdout holds only the listing (and
+    # with --json, only JSON).
+    with contextlib.redirect_stdout(sys.stderr):
+        runtime = runtime_from_args(args)
     if args.json:
+        _report_plugin_errors(runtime, sys.stderr)
         print(json.dumps(runtime.registry.object_info(), indent=1, default=str))
         return EXIT_OK
     rows = sorted(runtime.registry, key=lambda d: (d.category, d.node_type))
@@ -282,6 +362,9 @@ def cmd_nodes(args: argparse.Namespace) -> int:
         source = runtime.registry.source_of(definition.node_type)
         print(f"{definition.category:<28} {definition.node_type:<32} {definition.title:<32} [{source}]")
     _report_plugin_errors(runtime, sys.stdout)
+    for pack in runtime.plugins.packs:
+        for warning in pack.warnings:
+            print(f"note: plugin {pack.name!r}: {warning}")
     return EXIT_OK
 
 
@@ -292,6 +375,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     if args.enable_cors_header == "*":
         raise ValueError("--enable-cors-header needs one origin (e.g. https://app.example), not '*'")
+    from engine.server.frontend import resolve_front_end
+
+    web_root = resolve_front_end(args.front_end)  # before loading anything: a missing UI fails fast
     configure_logging(args.log_format, args.log_level)
     runtime = runtime_from_args(args)
     _report_plugin_errors(runtime, sys.stderr)
@@ -306,6 +392,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         history_limit=args.max_history,
         preview_format=args.preview_format,
         shutdown_grace_s=args.shutdown_grace,
+        web_root=web_root,
     )
     serve(runtime, config)
     return EXIT_OK

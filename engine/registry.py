@@ -13,10 +13,18 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from engine import types as T
-from engine.api import HIDDEN_KINDS, FileChoices, Input, NodeDefinition
+from engine.declarations import (
+    HIDDEN_KINDS,
+    DynamicChoices,
+    FileChoices,
+    Input,
+    NodeDefinition,
+    RuntimeChoices,
+)
 from engine.errors import NodeDefinitionError
 
 FileResolver = Callable[[FileChoices], list[str]]
+ChoiceSource = Callable[[], list[str]]
 
 
 class DuplicateNodeError(NodeDefinitionError):
@@ -24,11 +32,20 @@ class DuplicateNodeError(NodeDefinitionError):
 
 
 class NodeRegistry:
-    def __init__(self, resolve_files: FileResolver | None = None):
+    """`resolve_files` lists a folder kind's files (FileChoices); `choice_sources` maps a RuntimeChoices
+    kind ("samplers", "schedulers") to the runtime service listing it. Both are read on every schema
+    request and validation, so the lists are always current."""
+
+    def __init__(
+        self,
+        resolve_files: FileResolver | None = None,
+        choice_sources: dict[str, ChoiceSource] | None = None,
+    ):
         self._definitions: dict[str, NodeDefinition] = {}
         self._sources: dict[str, str] = {}
         self._builtin: set[str] = set()
         self.resolve_files = resolve_files
+        self.choice_sources = dict(choice_sources or {})
 
     # -- registration -------------------------------------------------------------------------
 
@@ -36,9 +53,12 @@ class NodeRegistry:
         """Add a node type. Raises NodeDefinitionError (naming the node) if the declaration is wrong.
 
         A name that is already registered is refused: a plugin cannot silently replace a built-in node,
-        and between two plugins the first one loaded keeps the name.
+        and between two plugins the first one loaded keeps the name. Built-in nodes may use only the known
+        socket types (a typo fails here); plugins may declare new ones.
         """
         check_definition(definition)
+        if builtin:
+            _check_known_types(definition)
         name = definition.node_type
         if name in self._definitions:
             owner = self._sources[name]
@@ -68,11 +88,14 @@ class NodeRegistry:
     def source_of(self, node_type: str) -> str | None:
         return self._sources.get(node_type)
 
-    def is_builtin(self, node_type: str) -> bool:
-        return node_type in self._builtin
-
     def choices_for(self, spec: Input) -> list[str] | None:
-        return spec.resolved_choices(self.resolve_files)
+        return spec.resolved_choices(self._resolve_choices)
+
+    def _resolve_choices(self, choices: DynamicChoices) -> list[str]:
+        if isinstance(choices, RuntimeChoices):
+            source = self.choice_sources.get(choices.kind)
+            return list(source()) if source is not None else []
+        return self.resolve_files(choices) if self.resolve_files is not None else []
 
     # -- schema -------------------------------------------------------------------------------
 
@@ -165,6 +188,19 @@ def check_definition(definition: NodeDefinition) -> None:
     _check_signature(definition, inputs)
 
 
+def _check_known_types(definition: NodeDefinition) -> None:
+    declared = [(f"input {s.name!r}", s.type) for s in definition.current_inputs()]
+    declared += [(f"output {i}", o.type) for i, o in enumerate(definition.outputs)]
+    for where, type_name in declared:
+        unknown = sorted(T.parts(type_name) - T.BUILTIN_SOCKET_TYPES)
+        if unknown:
+            raise NodeDefinitionError(
+                definition.node_type,
+                f"{where} has the unknown socket type {', '.join(unknown)!s} (a built-in node may use only "
+                f"{', '.join(sorted(T.BUILTIN_SOCKET_TYPES))})",
+            )
+
+
 def _check_input(node_type: str, spec: Input) -> None:
     where = f"input {spec.name!r}"
     if not T.is_valid_type_name(spec.type):
@@ -197,7 +233,7 @@ def _check_input(node_type: str, spec: Input) -> None:
     elif spec.type == T.COMBO:
         if spec.choices is None:
             raise NodeDefinitionError(node_type, f"{where}: a COMBO input needs choices")
-        if not isinstance(spec.choices, FileChoices) and not callable(spec.choices):
+        if not isinstance(spec.choices, FileChoices | RuntimeChoices) and not callable(spec.choices):
             choices = list(spec.choices)
             if not all(isinstance(c, str | int | float) for c in choices):
                 raise NodeDefinitionError(node_type, f"{where}: choices must be strings or numbers")

@@ -1,6 +1,7 @@
-"""Assembling a runtime: folders, the registry with every pack loaded, and an executor.
+"""Assembling a runtime: folders, the registry with every pack loaded, the services nodes use, an executor.
 
-The CLI and the server build one of these explicitly at start-up; nothing here runs at import.
+The CLI and the server build one of these explicitly at start-up; nothing here runs at import (the model
+stack is imported inside the functions that need it).
 """
 
 from __future__ import annotations
@@ -9,15 +10,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine.execution.cache import OutputCache
+from engine.execution.context import DEVICE, FOLDERS, MODEL_MANAGER, SAMPLERS
 from engine.execution.executor import Executor
 from engine.folders import Folders
 from engine.plugins.loader import PluginReport, load_all_packs
 from engine.registry import NodeRegistry
-
-# Names under which nodes find runtime services (`context.service(NAME)`).
-FOLDERS = "folders"
-DEVICE = "device"  # engine.memory.devices.DeviceInfo
-MODEL_MANAGER = "model_manager"  # engine.memory.manager.ModelManager
 
 
 @dataclass
@@ -41,6 +38,16 @@ def memory_services(options: Any = None) -> dict[str, Any]:
     return {DEVICE: device, MODEL_MANAGER: ModelManager(device)}
 
 
+def sampling_library() -> Any:
+    """The one sampler/scheduler library of a runtime: the built-in entries, then what packs register.
+
+    The only place the built-in registries are constructed; everything else is handed this library."""
+    from engine.diffusion.sampling.registry import default_sampler_registry, default_scheduler_registry
+    from engine.handles.sampling import SamplingLibrary
+
+    return SamplingLibrary(default_sampler_registry(), default_scheduler_registry())
+
+
 def build_runtime(
     folders: Folders,
     *,
@@ -54,9 +61,19 @@ def build_runtime(
 
     `with_models=False` skips device selection (for commands that never run a model, e.g. `nodes`).
     """
-    registry = NodeRegistry(resolve_files=folders.resolve_choices)
-    plugins = load_all_packs(registry, folders.custom_nodes if load_custom_nodes else ())
-    all_services: dict[str, Any] = {FOLDERS: folders}
+    samplers = sampling_library()
+    registry = NodeRegistry(
+        resolve_files=folders.resolve_choices,
+        choice_sources={"samplers": samplers.sampler_names, "schedulers": samplers.scheduler_names},
+    )
+    # ComfyUI packs list or write into input/, output/ and temp/ while they import: make them first.
+    plugins = load_all_packs(
+        registry,
+        folders.custom_nodes if load_custom_nodes else (),
+        extensions_target=samplers,
+        prepare=folders.create_directories,
+    )
+    all_services: dict[str, Any] = {FOLDERS: folders, SAMPLERS: samplers}
     if with_models:
         all_services.update(memory_services(memory_options))
     all_services.update(services or {})

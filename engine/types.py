@@ -42,6 +42,11 @@ GUIDER = "GUIDER"
 # Matches any socket type (ComfyUI's "*").
 ANY = "*"
 
+# The largest width/height (pixels) a size widget accepts (ComfyUI's MAX_RESOLUTION).
+MAX_RESOLUTION = 16384
+
+# The socket types the built-in pack may use: registration rejects any other name on a built-in node,
+# so a typo ("LATNET") fails at start-up. Plugins may declare new types (e.g. "BBOX").
 BUILTIN_SOCKET_TYPES = frozenset(
     {
         MODEL,
@@ -77,7 +82,8 @@ def is_valid_type_name(name: object) -> bool:
     return all(part.strip() and not any(ch.isspace() for ch in part.strip()) for part in name.split(","))
 
 
-def _parts(type_name: str) -> frozenset[str]:
+def parts(type_name: str) -> frozenset[str]:
+    """The names in a type, e.g. {"IMAGE", "MASK"} for the union "IMAGE,MASK"."""
     return frozenset(part.strip() for part in type_name.split(","))
 
 
@@ -91,4 +97,4 @@ def types_compatible(output_type: str, input_type: str) -> bool:
         return True
     if "," not in output_type and "," not in input_type:
         return False
-    return bool(_parts(output_type) & _parts(input_type))
+    return bool(parts(output_type) & parts(input_type))

@@ -8,15 +8,18 @@ image, or spherical-linear "bislerp" for latents).
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from engine import api
+
 UPSCALE_METHODS_IMAGE = ["nearest-exact", "bilinear", "area", "bicubic", "lanczos"]
 UPSCALE_METHODS_LATENT = ["nearest-exact", "bilinear", "area", "bicubic", "bislerp"]
 CROP_METHODS = ["disabled", "center"]
-MAX_RESOLUTION = 16384
 
 
 def center_crop_to_aspect(samples: torch.Tensor, width: int, height: int) -> torch.Tensor:
@@ -148,6 +151,29 @@ def composite_masked(
 def as_mask(mask: torch.Tensor) -> torch.Tensor:
     """Any (H, W), (B, H, W) or (B, 1, H, W) mask as (B, H, W)."""
     return mask.reshape((-1, mask.shape[-2], mask.shape[-1]))
+
+
+def composite_masked_inputs(socket: str, step: int) -> list[api.Input]:
+    """ImageCompositeMasked's and LatentCompositeMasked's inputs (ComfyUI's): the same but for the socket
+    type and the x/y step (8 pixels for latents)."""
+    return [
+        api.Input("destination", socket),
+        api.Input("source", socket),
+        api.Int("x", 0, min=0, max=api.MAX_RESOLUTION, step=step),
+        api.Int("y", 0, min=0, max=api.MAX_RESOLUTION, step=step),
+        api.Boolean("resize_source", False),
+        api.Input("mask", api.MASK, optional=True),
+    ]
+
+
+def checked_mask(mask: Any) -> torch.Tensor:
+    """A MASK input as float32 (B, H, W); an (H, W) mask gets a batch of one, other shapes are refused."""
+    m = torch.as_tensor(mask, dtype=torch.float32)
+    if m.ndim == 2:
+        m = m.unsqueeze(0)
+    if m.ndim != 3:
+        raise ValueError(f"mask must be a MASK (batch, height, width), got shape {tuple(m.shape)}")
+    return m
 
 
 def gaussian_kernel(size: int, sigma: float, device: torch.device | None = None) -> torch.Tensor:

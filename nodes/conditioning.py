@@ -14,7 +14,7 @@ import torch
 
 from engine import api
 
-MAX_RESOLUTION = 16384
+from ._image_ops import checked_mask
 
 
 def _entries(conditioning: Any, name: str = "conditioning") -> list[list[Any]]:
@@ -38,29 +38,37 @@ def _require_clip(clip: Any) -> Any:
     return clip
 
 
+def _with_messages(values: tuple[Any, ...], messages: list[str]) -> Any:
+    # Embedding references the encoder skipped (missing, refused, wrong family) are shown in the node's
+    # UI output, as LoraLoader shows the keys it did not load.
+    return api.NodeOutput(*values, ui={"text": messages}) if messages else values
+
+
 @api.node(
     "CLIPTextEncode",
     category="conditioning",
     display_name="CLIP Text Encode (Prompt)",
     inputs=[
         api.String("text", multiline=True, extra={"dynamicPrompts": True}, tooltip="The text to be encoded."),
-        api.Input("clip", "CLIP", tooltip="The CLIP model used for encoding the text."),
+        api.Input("clip", api.CLIP, tooltip="The CLIP model used for encoding the text."),
     ],
-    outputs=[api.Output("CONDITIONING", tooltip="The encoded text, to guide the diffusion model.")],
+    outputs=[api.Output(api.CONDITIONING, tooltip="The encoded text, to guide the diffusion model.")],
 )
 def clip_text_encode(text: str, clip: Any):
     """Encode a prompt (with (weights:1.2) and embedding:name syntax) into a CONDITIONING."""
-    return (_require_clip(clip).encode_conditioning(text),)
+    messages: list[str] = []
+    cond = _require_clip(clip).encode_conditioning(text, warnings=messages)
+    return _with_messages((cond,), messages)
 
 
 @api.node(
     "CLIPSetLastLayer",
     category="conditioning",
     inputs=[
-        api.Input("clip", "CLIP"),
+        api.Input("clip", api.CLIP),
         api.Int("stop_at_clip_layer", -1, min=-24, max=-1, step=1),
     ],
-    outputs=["CLIP"],
+    outputs=[api.CLIP],
 )
 def clip_set_last_layer(clip: Any, stop_at_clip_layer: int):
     """Use the output of an earlier text-encoder layer ("clip skip"): -1 = last, -2 = penultimate."""
@@ -71,8 +79,8 @@ def clip_set_last_layer(clip: Any, stop_at_clip_layer: int):
     "ConditioningCombine",
     category="conditioning",
     display_name="Conditioning (Combine)",
-    inputs=[api.Input("conditioning_1", "CONDITIONING"), api.Input("conditioning_2", "CONDITIONING")],
-    outputs=["CONDITIONING"],
+    inputs=[api.Input("conditioning_1", api.CONDITIONING), api.Input("conditioning_2", api.CONDITIONING)],
+    outputs=[api.CONDITIONING],
 )
 def conditioning_combine(conditioning_1: Any, conditioning_2: Any):
     """Both lists: each entry is evaluated separately and the predictions are averaged."""
@@ -82,8 +90,8 @@ def conditioning_combine(conditioning_1: Any, conditioning_2: Any):
 @api.node(
     "ConditioningConcat",
     category="conditioning",
-    inputs=[api.Input("conditioning_to", "CONDITIONING"), api.Input("conditioning_from", "CONDITIONING")],
-    outputs=["CONDITIONING"],
+    inputs=[api.Input("conditioning_to", api.CONDITIONING), api.Input("conditioning_from", api.CONDITIONING)],
+    outputs=[api.CONDITIONING],
 )
 def conditioning_concat(conditioning_to: Any, conditioning_from: Any):
     """Append the tokens of the first entry of conditioning_from to every entry of conditioning_to."""
@@ -106,11 +114,11 @@ def conditioning_concat(conditioning_to: Any, conditioning_from: Any):
     "ConditioningAverage",
     category="conditioning",
     inputs=[
-        api.Input("conditioning_to", "CONDITIONING"),
-        api.Input("conditioning_from", "CONDITIONING"),
+        api.Input("conditioning_to", api.CONDITIONING),
+        api.Input("conditioning_from", api.CONDITIONING),
         api.Float("conditioning_to_strength", 1.0, min=0.0, max=1.0, step=0.01),
     ],
-    outputs=["CONDITIONING"],
+    outputs=[api.CONDITIONING],
 )
 def conditioning_average(conditioning_to: Any, conditioning_from: Any, conditioning_to_strength: float):
     """Blend every entry of conditioning_to with the first entry of conditioning_from:
@@ -141,14 +149,14 @@ def conditioning_average(conditioning_to: Any, conditioning_from: Any, condition
     "ConditioningSetArea",
     category="conditioning",
     inputs=[
-        api.Input("conditioning", "CONDITIONING"),
-        api.Int("width", 64, min=64, max=MAX_RESOLUTION, step=8),
-        api.Int("height", 64, min=64, max=MAX_RESOLUTION, step=8),
-        api.Int("x", 0, min=0, max=MAX_RESOLUTION, step=8),
-        api.Int("y", 0, min=0, max=MAX_RESOLUTION, step=8),
+        api.Input("conditioning", api.CONDITIONING),
+        api.Int("width", 64, min=64, max=api.MAX_RESOLUTION, step=8),
+        api.Int("height", 64, min=64, max=api.MAX_RESOLUTION, step=8),
+        api.Int("x", 0, min=0, max=api.MAX_RESOLUTION, step=8),
+        api.Int("y", 0, min=0, max=api.MAX_RESOLUTION, step=8),
         api.Float("strength", 1.0, min=0.0, max=10.0, step=0.01),
     ],
-    outputs=["CONDITIONING"],
+    outputs=[api.CONDITIONING],
 )
 def conditioning_set_area(conditioning: Any, width: int, height: int, x: int, y: int, strength: float):
     """Restrict the conditioning to a rectangle given in pixels (stored in latent pixels, pixels // 8)."""
@@ -160,14 +168,14 @@ def conditioning_set_area(conditioning: Any, width: int, height: int, x: int, y:
     "ConditioningSetAreaPercentage",
     category="conditioning",
     inputs=[
-        api.Input("conditioning", "CONDITIONING"),
+        api.Input("conditioning", api.CONDITIONING),
         api.Float("width", 1.0, min=0.0, max=1.0, step=0.01),
         api.Float("height", 1.0, min=0.0, max=1.0, step=0.01),
         api.Float("x", 0.0, min=0.0, max=1.0, step=0.01),
         api.Float("y", 0.0, min=0.0, max=1.0, step=0.01),
         api.Float("strength", 1.0, min=0.0, max=10.0, step=0.01),
     ],
-    outputs=["CONDITIONING"],
+    outputs=[api.CONDITIONING],
 )
 def conditioning_set_area_percentage(
     conditioning: Any, width: float, height: float, x: float, y: float, strength: float
@@ -181,10 +189,10 @@ def conditioning_set_area_percentage(
     "ConditioningSetAreaStrength",
     category="conditioning",
     inputs=[
-        api.Input("conditioning", "CONDITIONING"),
+        api.Input("conditioning", api.CONDITIONING),
         api.Float("strength", 1.0, min=0.0, max=10.0, step=0.01),
     ],
-    outputs=["CONDITIONING"],
+    outputs=[api.CONDITIONING],
 )
 def conditioning_set_area_strength(conditioning: Any, strength: float):
     return (_with_options(conditioning, strength=strength),)
@@ -194,24 +202,22 @@ def conditioning_set_area_strength(conditioning: Any, strength: float):
     "ConditioningSetMask",
     category="conditioning",
     inputs=[
-        api.Input("conditioning", "CONDITIONING"),
-        api.Input("mask", "MASK"),
+        api.Input("conditioning", api.CONDITIONING),
+        api.Input("mask", api.MASK),
         api.Float("strength", 1.0, min=0.0, max=10.0, step=0.01),
         api.Combo("set_cond_area", ["default", "mask bounds"], default="default"),
     ],
-    outputs=["CONDITIONING"],
+    outputs=[api.CONDITIONING],
 )
 def conditioning_set_mask(conditioning: Any, mask: torch.Tensor, strength: float, set_cond_area: str):
     """Weight the conditioning by a MASK (any resolution, resized to the latent); "mask bounds" also
     evaluates the model only on the mask's bounding box."""
-    m = torch.as_tensor(mask, dtype=torch.float32)
-    if m.ndim == 2:
-        m = m.unsqueeze(0)
-    if m.ndim != 3:
-        raise ValueError(f"mask must be a MASK (batch, height, width), got shape {tuple(m.shape)}")
     return (
         _with_options(
-            conditioning, mask=m, set_area_to_bounds=set_cond_area != "default", mask_strength=strength
+            conditioning,
+            mask=checked_mask(mask),
+            set_area_to_bounds=set_cond_area != "default",
+            mask_strength=strength,
         ),
     )
 
@@ -220,11 +226,11 @@ def conditioning_set_mask(conditioning: Any, mask: torch.Tensor, strength: float
     "ConditioningSetTimestepRange",
     category="advanced/conditioning",
     inputs=[
-        api.Input("conditioning", "CONDITIONING"),
+        api.Input("conditioning", api.CONDITIONING),
         api.Float("start", 0.0, min=0.0, max=1.0, step=0.001),
         api.Float("end", 1.0, min=0.0, max=1.0, step=0.001),
     ],
-    outputs=["CONDITIONING"],
+    outputs=[api.CONDITIONING],
 )
 def conditioning_set_timestep_range(conditioning: Any, start: float, end: float):
     """Use the conditioning only for the part of the schedule between start and end (0 = first step)."""
@@ -234,8 +240,8 @@ def conditioning_set_timestep_range(conditioning: Any, start: float, end: float)
 @api.node(
     "ConditioningZeroOut",
     category="advanced/conditioning",
-    inputs=[api.Input("conditioning", "CONDITIONING")],
-    outputs=["CONDITIONING"],
+    inputs=[api.Input("conditioning", api.CONDITIONING)],
+    outputs=[api.CONDITIONING],
 )
 def conditioning_zero_out(conditioning: Any):
     """Zeros in place of the tokens and the pooled vector (a "null" prompt for models that expect one)."""
@@ -251,17 +257,17 @@ def conditioning_zero_out(conditioning: Any):
     "CLIPTextEncodeSDXL",
     category="advanced/conditioning",
     inputs=[
-        api.Input("clip", "CLIP"),
-        api.Int("width", 1024, min=0, max=MAX_RESOLUTION),
-        api.Int("height", 1024, min=0, max=MAX_RESOLUTION),
-        api.Int("crop_w", 0, min=0, max=MAX_RESOLUTION),
-        api.Int("crop_h", 0, min=0, max=MAX_RESOLUTION),
-        api.Int("target_width", 1024, min=0, max=MAX_RESOLUTION),
-        api.Int("target_height", 1024, min=0, max=MAX_RESOLUTION),
+        api.Input("clip", api.CLIP),
+        api.Int("width", 1024, min=0, max=api.MAX_RESOLUTION),
+        api.Int("height", 1024, min=0, max=api.MAX_RESOLUTION),
+        api.Int("crop_w", 0, min=0, max=api.MAX_RESOLUTION),
+        api.Int("crop_h", 0, min=0, max=api.MAX_RESOLUTION),
+        api.Int("target_width", 1024, min=0, max=api.MAX_RESOLUTION),
+        api.Int("target_height", 1024, min=0, max=api.MAX_RESOLUTION),
         api.String("text_g", multiline=True, extra={"dynamicPrompts": True}),
         api.String("text_l", multiline=True, extra={"dynamicPrompts": True}),
     ],
-    outputs=["CONDITIONING"],
+    outputs=[api.CONDITIONING],
 )
 def clip_text_encode_sdxl(
     clip: Any,
@@ -275,7 +281,8 @@ def clip_text_encode_sdxl(
     text_l: str,
 ):
     """SDXL prompt with separate CLIP-G / CLIP-L texts and the size/crop micro-conditioning."""
-    cond, pooled = _require_clip(clip).encode_dual(text_g, text_l)
+    messages: list[str] = []
+    cond, pooled = _require_clip(clip).encode_dual(text_g, text_l, warnings=messages)
     opts: dict[str, Any] = {
         "width": width,
         "height": height,
@@ -286,7 +293,7 @@ def clip_text_encode_sdxl(
     }
     if pooled is not None:
         opts["pooled_output"] = pooled
-    return ([[cond, opts]],)
+    return _with_messages(([[cond, opts]],), messages)
 
 
 @api.node(
@@ -294,17 +301,21 @@ def clip_text_encode_sdxl(
     category="advanced/conditioning",
     inputs=[
         api.Float("ascore", 6.0, min=0.0, max=1000.0, step=0.01),
-        api.Int("width", 1024, min=0, max=MAX_RESOLUTION),
-        api.Int("height", 1024, min=0, max=MAX_RESOLUTION),
+        api.Int("width", 1024, min=0, max=api.MAX_RESOLUTION),
+        api.Int("height", 1024, min=0, max=api.MAX_RESOLUTION),
         api.String("text", multiline=True, extra={"dynamicPrompts": True}),
-        api.Input("clip", "CLIP"),
+        api.Input("clip", api.CLIP),
     ],
-    outputs=["CONDITIONING"],
+    outputs=[api.CONDITIONING],
 )
 def clip_text_encode_sdxl_refiner(ascore: float, width: int, height: int, text: str, clip: Any):
     """SDXL refiner prompt with the aesthetic-score micro-conditioning."""
-    cond = _require_clip(clip).encode_conditioning(text, aesthetic_score=ascore, width=width, height=height)
-    return (cond,)
+    messages: list[str] = []
+    clip = _require_clip(clip)
+    cond = clip.encode_conditioning(
+        text, warnings=messages, aesthetic_score=ascore, width=width, height=height
+    )
+    return _with_messages((cond,), messages)
 
 
 NODES = [

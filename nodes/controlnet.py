@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from engine import api
-from engine.handles import adapters
+from engine.api import models
 
 
 @api.node(
@@ -17,23 +17,23 @@ from engine.handles import adapters
     category="loaders",
     display_name="Load ControlNet Model",
     inputs=[api.Combo("control_net_name", api.FileChoices("controlnet"))],
-    outputs=["CONTROL_NET"],
+    outputs=[api.CONTROL_NET],
 )
-def controlnet_loader(control_net_name: str, context: Any):
+def controlnet_loader(control_net_name: str, context: api.ExecutionContext):
     """Load a ControlNet (SD1/SD2/SDXL, single-file or diffusers layout) or a T2I-Adapter."""
-    return (adapters.load_controlnet(context.folders.full_path("controlnet", control_net_name)),)
+    return (models.load_controlnet(context.folders.full_path("controlnet", control_net_name)),)
 
 
 @api.node(
     "DiffControlNetLoader",
     category="loaders",
     display_name="Load ControlNet Model (diff)",
-    inputs=[api.Input("model", "MODEL"), api.Combo("control_net_name", api.FileChoices("controlnet"))],
-    outputs=["CONTROL_NET"],
+    inputs=[api.Input("model", api.MODEL), api.Combo("control_net_name", api.FileChoices("controlnet"))],
+    outputs=[api.CONTROL_NET],
 )
-def diff_controlnet_loader(model: Any, control_net_name: str, context: Any):
+def diff_controlnet_loader(model: Any, control_net_name: str, context: api.ExecutionContext):
     """Load a ControlNet stored as a difference to a base model (added to `model`'s UNet weights)."""
-    return (adapters.load_controlnet(context.folders.full_path("controlnet", control_net_name), model),)
+    return (models.load_controlnet(context.folders.full_path("controlnet", control_net_name), model),)
 
 
 @api.node(
@@ -41,19 +41,19 @@ def diff_controlnet_loader(model: Any, control_net_name: str, context: Any):
     category="conditioning/controlnet",
     display_name="Apply ControlNet (OLD)",
     inputs=[
-        api.Input("conditioning", "CONDITIONING"),
-        api.Input("control_net", "CONTROL_NET"),
-        api.Input("image", "IMAGE"),
+        api.Input("conditioning", api.CONDITIONING),
+        api.Input("control_net", api.CONTROL_NET),
+        api.Input("image", api.IMAGE),
         api.Float("strength", 1.0, min=0.0, max=10.0, step=0.01),
     ],
-    outputs=["CONDITIONING"],
+    outputs=[api.CONDITIONING],
     deprecated=True,
 )
 def controlnet_apply(conditioning: Any, control_net: Any, image: Any, strength: float):
     """Apply a ControlNet to one conditioning (prefer ControlNetApplyAdvanced: positive and negative)."""
     if strength == 0:
         return (conditioning,)
-    return (adapters.apply_controlnet(conditioning, control_net, image, strength),)
+    return (models.apply_controlnet(conditioning, control_net, image, strength),)
 
 
 @api.node(
@@ -61,16 +61,16 @@ def controlnet_apply(conditioning: Any, control_net: Any, image: Any, strength: 
     category="conditioning/controlnet",
     display_name="Apply ControlNet",
     inputs=[
-        api.Input("positive", "CONDITIONING"),
-        api.Input("negative", "CONDITIONING"),
-        api.Input("control_net", "CONTROL_NET"),
-        api.Input("image", "IMAGE"),
+        api.Input("positive", api.CONDITIONING),
+        api.Input("negative", api.CONDITIONING),
+        api.Input("control_net", api.CONTROL_NET),
+        api.Input("image", api.IMAGE),
         api.Float("strength", 1.0, min=0.0, max=10.0, step=0.01),
         api.Float("start_percent", 0.0, min=0.0, max=1.0, step=0.001),
         api.Float("end_percent", 1.0, min=0.0, max=1.0, step=0.001),
-        api.Input("vae", "VAE", optional=True),
+        api.Input("vae", api.VAE, optional=True),
     ],
-    outputs=[api.Output("CONDITIONING", "positive"), api.Output("CONDITIONING", "negative")],
+    outputs=[api.Output(api.CONDITIONING, "positive"), api.Output(api.CONDITIONING, "negative")],
 )
 def controlnet_apply_advanced(
     positive: Any,
@@ -87,7 +87,7 @@ def controlnet_apply_advanced(
         return (positive, negative)
     cache: dict[int, Any] = {}
     args = (control_net, image, strength, start_percent, end_percent, cache)
-    return (adapters.apply_controlnet(positive, *args), adapters.apply_controlnet(negative, *args))
+    return (models.apply_controlnet(positive, *args), models.apply_controlnet(negative, *args))
 
 
 NODES = [controlnet_loader, diff_controlnet_loader, controlnet_apply, controlnet_apply_advanced]

@@ -6,31 +6,28 @@ from __future__ import annotations
 from typing import Any
 
 from engine import api
-from engine.handles import sampling as hs
-from nodes.sampling import SEED_MAX, sampler_input, scheduler_input
+from engine.api import sampling as hs
+
+from .sampling import sampler_input, scheduler_input, seed_input
 
 CATEGORY = "sampling/custom_sampling"
-
-
-def _report(context: Any) -> Any:
-    return context.progress if context is not None else None
 
 
 @api.node(
     "SamplerCustom",
     category=CATEGORY,
     inputs=[
-        api.Input("model", "MODEL"),
+        api.Input("model", api.MODEL),
         api.Boolean("add_noise", True),
-        api.Int("noise_seed", 0, min=0, max=SEED_MAX, control_after_generate=True),
+        seed_input("noise_seed", tooltip=None),
         api.Float("cfg", 8.0, min=0.0, max=100.0, step=0.1, round=0.01),
-        api.Input("positive", "CONDITIONING"),
-        api.Input("negative", "CONDITIONING"),
-        api.Input("sampler", "SAMPLER"),
-        api.Input("sigmas", "SIGMAS"),
-        api.Input("latent_image", "LATENT"),
+        api.Input("positive", api.CONDITIONING),
+        api.Input("negative", api.CONDITIONING),
+        api.Input("sampler", api.SAMPLER),
+        api.Input("sigmas", api.SIGMAS),
+        api.Input("latent_image", api.LATENT),
     ],
-    outputs=[api.Output("LATENT", "output"), api.Output("LATENT", "denoised_output")],
+    outputs=[api.Output(api.LATENT, "output"), api.Output(api.LATENT, "denoised_output")],
 )
 def sampler_custom(
     model: Any,
@@ -42,54 +39,54 @@ def sampler_custom(
     sampler: Any,
     sigmas: Any,
     latent_image: Any,
-    context: Any = None,
+    context: api.ExecutionContext,
 ):
     noise = hs.RandomNoise(noise_seed) if add_noise else hs.DisabledNoise(noise_seed)
     guider = hs.Guider(model, "cfg", {"positive": positive, "negative": negative}, cfg=cfg)
-    return hs.custom_sample(noise, guider, sampler, sigmas, latent_image, report=_report(context))
+    return hs.custom_sample(noise, guider, sampler, sigmas, latent_image, report=context.progress)
 
 
 @api.node(
     "SamplerCustomAdvanced",
     category=CATEGORY,
     inputs=[
-        api.Input("noise", "NOISE"),
-        api.Input("guider", "GUIDER"),
-        api.Input("sampler", "SAMPLER"),
-        api.Input("sigmas", "SIGMAS"),
-        api.Input("latent_image", "LATENT"),
+        api.Input("noise", api.NOISE),
+        api.Input("guider", api.GUIDER),
+        api.Input("sampler", api.SAMPLER),
+        api.Input("sigmas", api.SIGMAS),
+        api.Input("latent_image", api.LATENT),
     ],
-    outputs=[api.Output("LATENT", "output"), api.Output("LATENT", "denoised_output")],
+    outputs=[api.Output(api.LATENT, "output"), api.Output(api.LATENT, "denoised_output")],
 )
 def sampler_custom_advanced(
-    noise: Any, guider: Any, sampler: Any, sigmas: Any, latent_image: Any, context: Any = None
+    noise: Any, guider: Any, sampler: Any, sigmas: Any, latent_image: Any, context: api.ExecutionContext
 ):
-    return hs.custom_sample(noise, guider, sampler, sigmas, latent_image, report=_report(context))
+    return hs.custom_sample(noise, guider, sampler, sigmas, latent_image, report=context.progress)
 
 
 @api.node(
     "KSamplerSelect",
     category=CATEGORY + "/samplers",
     inputs=[sampler_input()],
-    outputs=["SAMPLER"],
+    outputs=[api.SAMPLER],
 )
-def ksampler_select(sampler_name: str):
-    return (hs.get_sampler(sampler_name),)
+def ksampler_select(sampler_name: str, context: api.ExecutionContext):
+    return (context.samplers.sampler(sampler_name),)
 
 
 @api.node(
     "BasicScheduler",
     category=CATEGORY + "/schedulers",
     inputs=[
-        api.Input("model", "MODEL"),
+        api.Input("model", api.MODEL),
         scheduler_input(),
         api.Int("steps", 20, min=1, max=10000),
         api.Float("denoise", 1.0, min=0.0, max=1.0, step=0.01),
     ],
-    outputs=["SIGMAS"],
+    outputs=[api.SIGMAS],
 )
-def basic_scheduler(model: Any, scheduler: str, steps: int, denoise: float):
-    return (hs.scheduler_sigmas(model, scheduler, steps, denoise),)
+def basic_scheduler(model: Any, scheduler: str, steps: int, denoise: float, context: api.ExecutionContext):
+    return (hs.scheduler_sigmas(model, scheduler, steps, denoise, library=context.samplers),)
 
 
 @api.node(
@@ -101,7 +98,7 @@ def basic_scheduler(model: Any, scheduler: str, steps: int, denoise: float):
         api.Float("sigma_min", 0.0291675, min=0.0, max=5000.0, step=0.01, round=False),
         api.Float("rho", 7.0, min=0.0, max=100.0, step=0.01, round=False),
     ],
-    outputs=["SIGMAS"],
+    outputs=[api.SIGMAS],
 )
 def karras_scheduler(steps: int, sigma_max: float, sigma_min: float, rho: float):
     return (hs.karras_sigmas(steps, sigma_max, sigma_min, rho),)
@@ -115,7 +112,7 @@ def karras_scheduler(steps: int, sigma_max: float, sigma_min: float, rho: float)
         api.Float("sigma_max", 14.614642, min=0.0, max=5000.0, step=0.01, round=False),
         api.Float("sigma_min", 0.0291675, min=0.0, max=5000.0, step=0.01, round=False),
     ],
-    outputs=["SIGMAS"],
+    outputs=[api.SIGMAS],
 )
 def exponential_scheduler(steps: int, sigma_max: float, sigma_min: float):
     return (hs.exponential_sigmas(steps, sigma_max, sigma_min),)
@@ -125,11 +122,11 @@ def exponential_scheduler(steps: int, sigma_max: float, sigma_min: float):
     "SDTurboScheduler",
     category=CATEGORY + "/schedulers",
     inputs=[
-        api.Input("model", "MODEL"),
+        api.Input("model", api.MODEL),
         api.Int("steps", 1, min=1, max=10),
         api.Float("denoise", 1.0, min=0.0, max=1.0, step=0.01),
     ],
-    outputs=["SIGMAS"],
+    outputs=[api.SIGMAS],
 )
 def sd_turbo_scheduler(model: Any, steps: int, denoise: float):
     return (hs.sd_turbo_sigmas(model, steps, denoise),)
@@ -138,15 +135,18 @@ def sd_turbo_scheduler(model: Any, steps: int, denoise: float):
 @api.node(
     "SplitSigmas",
     category=CATEGORY + "/sigmas",
-    inputs=[api.Input("sigmas", "SIGMAS"), api.Int("step", 0, min=0, max=10000)],
-    outputs=[api.Output("SIGMAS", "high_sigmas"), api.Output("SIGMAS", "low_sigmas")],
+    inputs=[api.Input("sigmas", api.SIGMAS), api.Int("step", 0, min=0, max=10000)],
+    outputs=[api.Output(api.SIGMAS, "high_sigmas"), api.Output(api.SIGMAS, "low_sigmas")],
 )
 def split_sigmas(sigmas: Any, step: int):
     return hs.split_sigmas(sigmas, step)
 
 
 @api.node(
-    "FlipSigmas", category=CATEGORY + "/sigmas", inputs=[api.Input("sigmas", "SIGMAS")], outputs=["SIGMAS"]
+    "FlipSigmas",
+    category=CATEGORY + "/sigmas",
+    inputs=[api.Input("sigmas", api.SIGMAS)],
+    outputs=[api.SIGMAS],
 )
 def flip_sigmas(sigmas: Any):
     return (hs.flip_sigmas(sigmas),)
@@ -155,14 +155,14 @@ def flip_sigmas(sigmas: Any):
 @api.node(
     "RandomNoise",
     category=CATEGORY + "/noise",
-    inputs=[api.Int("noise_seed", 0, min=0, max=SEED_MAX, control_after_generate=True)],
-    outputs=["NOISE"],
+    inputs=[seed_input("noise_seed", tooltip=None)],
+    outputs=[api.NOISE],
 )
 def random_noise(noise_seed: int):
     return (hs.RandomNoise(noise_seed),)
 
 
-@api.node("DisableNoise", category=CATEGORY + "/noise", outputs=["NOISE"])
+@api.node("DisableNoise", category=CATEGORY + "/noise", outputs=[api.NOISE])
 def disable_noise():
     return (hs.DisabledNoise(),)
 
@@ -170,8 +170,8 @@ def disable_noise():
 @api.node(
     "BasicGuider",
     category=CATEGORY + "/guiders",
-    inputs=[api.Input("model", "MODEL"), api.Input("conditioning", "CONDITIONING")],
-    outputs=["GUIDER"],
+    inputs=[api.Input("model", api.MODEL), api.Input("conditioning", api.CONDITIONING)],
+    outputs=[api.GUIDER],
 )
 def basic_guider(model: Any, conditioning: Any):
     return (hs.Guider(model, "basic", {"positive": conditioning}),)
@@ -181,12 +181,12 @@ def basic_guider(model: Any, conditioning: Any):
     "CFGGuider",
     category=CATEGORY + "/guiders",
     inputs=[
-        api.Input("model", "MODEL"),
-        api.Input("positive", "CONDITIONING"),
-        api.Input("negative", "CONDITIONING"),
+        api.Input("model", api.MODEL),
+        api.Input("positive", api.CONDITIONING),
+        api.Input("negative", api.CONDITIONING),
         api.Float("cfg", 8.0, min=0.0, max=100.0, step=0.1, round=0.01),
     ],
-    outputs=["GUIDER"],
+    outputs=[api.GUIDER],
 )
 def cfg_guider(model: Any, positive: Any, negative: Any, cfg: float):
     return (hs.Guider(model, "cfg", {"positive": positive, "negative": negative}, cfg=cfg),)
@@ -196,15 +196,15 @@ def cfg_guider(model: Any, positive: Any, negative: Any, cfg: float):
     "DualCFGGuider",
     category=CATEGORY + "/guiders",
     inputs=[
-        api.Input("model", "MODEL"),
-        api.Input("cond1", "CONDITIONING"),
-        api.Input("cond2", "CONDITIONING"),
-        api.Input("negative", "CONDITIONING"),
+        api.Input("model", api.MODEL),
+        api.Input("cond1", api.CONDITIONING),
+        api.Input("cond2", api.CONDITIONING),
+        api.Input("negative", api.CONDITIONING),
         api.Float("cfg_conds", 8.0, min=0.0, max=100.0, step=0.1, round=0.01),
         api.Float("cfg_cond2_negative", 8.0, min=0.0, max=100.0, step=0.1, round=0.01),
         api.Combo("style", ["regular", "nested"], default="regular"),
     ],
-    outputs=["GUIDER"],
+    outputs=[api.GUIDER],
 )
 def dual_cfg_guider(
     model: Any, cond1: Any, cond2: Any, negative: Any, cfg_conds: float, cfg_cond2_negative: float, style: str

@@ -11,12 +11,13 @@ import math
 import torch
 
 from engine import api
-from nodes._image_ops import (
+
+from ._image_ops import (
     CROP_METHODS,
-    MAX_RESOLUTION,
     UPSCALE_METHODS_IMAGE,
     common_upscale,
     composite_masked,
+    composite_masked_inputs,
     filter2d,
     gaussian_kernel,
     rgb_from_int,
@@ -32,13 +33,13 @@ def _resize(image: torch.Tensor, width: int, height: int, method: str, crop: str
     category="image/upscaling",
     display_name="Upscale Image",
     inputs=[
-        api.Input("image", "IMAGE"),
+        api.Input("image", api.IMAGE),
         api.Combo("upscale_method", UPSCALE_METHODS_IMAGE, default="nearest-exact"),
-        api.Int("width", 512, min=0, max=MAX_RESOLUTION, step=1),
-        api.Int("height", 512, min=0, max=MAX_RESOLUTION, step=1),
+        api.Int("width", 512, min=0, max=api.MAX_RESOLUTION, step=1),
+        api.Int("height", 512, min=0, max=api.MAX_RESOLUTION, step=1),
         api.Combo("crop", CROP_METHODS, default="disabled"),
     ],
-    outputs=["IMAGE"],
+    outputs=[api.IMAGE],
 )
 def image_scale(image: torch.Tensor, upscale_method: str, width: int, height: int, crop: str):
     """Resize to width×height; a 0 keeps the aspect ratio from the other side; 0 and 0 is a no-op."""
@@ -56,11 +57,11 @@ def image_scale(image: torch.Tensor, upscale_method: str, width: int, height: in
     category="image/upscaling",
     display_name="Upscale Image By",
     inputs=[
-        api.Input("image", "IMAGE"),
+        api.Input("image", api.IMAGE),
         api.Combo("upscale_method", UPSCALE_METHODS_IMAGE, default="nearest-exact"),
         api.Float("scale_by", 1.0, min=0.01, max=8.0, step=0.01),
     ],
-    outputs=["IMAGE"],
+    outputs=[api.IMAGE],
 )
 def image_scale_by(image: torch.Tensor, upscale_method: str, scale_by: float):
     width = max(1, round(image.shape[2] * scale_by))
@@ -73,12 +74,12 @@ def image_scale_by(image: torch.Tensor, upscale_method: str, scale_by: float):
     category="image/upscaling",
     display_name="Scale Image to Total Pixels",
     inputs=[
-        api.Input("image", "IMAGE"),
+        api.Input("image", api.IMAGE),
         api.Combo("upscale_method", UPSCALE_METHODS_IMAGE, default="nearest-exact"),
         api.Float("megapixels", 1.0, min=0.01, max=16.0, step=0.01),
         api.Int("resolution_steps", 1, min=1, max=256),
     ],
-    outputs=["IMAGE"],
+    outputs=[api.IMAGE],
 )
 def image_scale_to_total_pixels(
     image: torch.Tensor, upscale_method: str, megapixels: float, resolution_steps: int = 1
@@ -95,8 +96,8 @@ def image_scale_to_total_pixels(
     "ImageInvert",
     category="image",
     display_name="Invert Image",
-    inputs=[api.Input("image", "IMAGE")],
-    outputs=["IMAGE"],
+    inputs=[api.Input("image", api.IMAGE)],
+    outputs=[api.IMAGE],
 )
 def image_invert(image: torch.Tensor):
     return (1.0 - image,)
@@ -106,8 +107,8 @@ def image_invert(image: torch.Tensor):
     "ImageBatch",
     category="image",
     display_name="Batch Images",
-    inputs=[api.Input("image1", "IMAGE"), api.Input("image2", "IMAGE")],
-    outputs=["IMAGE"],
+    inputs=[api.Input("image1", api.IMAGE), api.Input("image2", api.IMAGE)],
+    outputs=[api.IMAGE],
 )
 def image_batch(image1: torch.Tensor, image2: torch.Tensor):
     """image1's frames then image2's; image2 is resized (bilinear, centre crop) to image1's size."""
@@ -126,14 +127,14 @@ def image_batch(image1: torch.Tensor, image2: torch.Tensor):
     category="image",
     display_name="Pad Image for Outpainting",
     inputs=[
-        api.Input("image", "IMAGE"),
-        api.Int("left", 0, min=0, max=MAX_RESOLUTION, step=8),
-        api.Int("top", 0, min=0, max=MAX_RESOLUTION, step=8),
-        api.Int("right", 0, min=0, max=MAX_RESOLUTION, step=8),
-        api.Int("bottom", 0, min=0, max=MAX_RESOLUTION, step=8),
-        api.Int("feathering", 40, min=0, max=MAX_RESOLUTION, step=1),
+        api.Input("image", api.IMAGE),
+        api.Int("left", 0, min=0, max=api.MAX_RESOLUTION, step=8),
+        api.Int("top", 0, min=0, max=api.MAX_RESOLUTION, step=8),
+        api.Int("right", 0, min=0, max=api.MAX_RESOLUTION, step=8),
+        api.Int("bottom", 0, min=0, max=api.MAX_RESOLUTION, step=8),
+        api.Int("feathering", 40, min=0, max=api.MAX_RESOLUTION, step=1),
     ],
-    outputs=["IMAGE", "MASK"],
+    outputs=[api.IMAGE, api.MASK],
 )
 def image_pad_for_outpaint(
     image: torch.Tensor, left: int, top: int, right: int, bottom: int, feathering: int
@@ -171,13 +172,13 @@ def image_pad_for_outpaint(
     category="image/transform",
     display_name="Image Crop",
     inputs=[
-        api.Input("image", "IMAGE"),
-        api.Int("width", 512, min=1, max=MAX_RESOLUTION, step=1),
-        api.Int("height", 512, min=1, max=MAX_RESOLUTION, step=1),
-        api.Int("x", 0, min=0, max=MAX_RESOLUTION, step=1),
-        api.Int("y", 0, min=0, max=MAX_RESOLUTION, step=1),
+        api.Input("image", api.IMAGE),
+        api.Int("width", 512, min=1, max=api.MAX_RESOLUTION, step=1),
+        api.Int("height", 512, min=1, max=api.MAX_RESOLUTION, step=1),
+        api.Int("x", 0, min=0, max=api.MAX_RESOLUTION, step=1),
+        api.Int("y", 0, min=0, max=api.MAX_RESOLUTION, step=1),
     ],
-    outputs=["IMAGE"],
+    outputs=[api.IMAGE],
 )
 def image_crop(image: torch.Tensor, width: int, height: int, x: int, y: int):
     """The width×height window at (x, y), cut at the image border; the origin stays inside the image."""
@@ -215,12 +216,12 @@ def _blend(base: torch.Tensor, top: torch.Tensor, mode: str) -> torch.Tensor:
     category="image/postprocessing",
     display_name="Image Blend",
     inputs=[
-        api.Input("image1", "IMAGE"),
-        api.Input("image2", "IMAGE"),
+        api.Input("image1", api.IMAGE),
+        api.Input("image2", api.IMAGE),
         api.Float("blend_factor", 0.5, min=0.0, max=1.0, step=0.01),
         api.Combo("blend_mode", BLEND_MODES, default="normal"),
     ],
-    outputs=["IMAGE"],
+    outputs=[api.IMAGE],
 )
 def image_blend(image1: torch.Tensor, image2: torch.Tensor, blend_factor: float, blend_mode: str):
     """image1 mixed with blend(image1, image2) by blend_factor; image2 is resized to image1 first."""
@@ -236,11 +237,11 @@ def image_blend(image1: torch.Tensor, image2: torch.Tensor, blend_factor: float,
     category="image/postprocessing",
     display_name="Image Blur",
     inputs=[
-        api.Input("image", "IMAGE"),
+        api.Input("image", api.IMAGE),
         api.Int("blur_radius", 1, min=1, max=31, step=1),
         api.Float("sigma", 1.0, min=0.1, max=10.0, step=0.1),
     ],
-    outputs=["IMAGE"],
+    outputs=[api.IMAGE],
 )
 def image_blur(image: torch.Tensor, blur_radius: int, sigma: float):
     if blur_radius == 0:
@@ -254,12 +255,12 @@ def image_blur(image: torch.Tensor, blur_radius: int, sigma: float):
     category="image/postprocessing",
     display_name="Image Sharpen",
     inputs=[
-        api.Input("image", "IMAGE"),
+        api.Input("image", api.IMAGE),
         api.Int("sharpen_radius", 1, min=1, max=31, step=1),
         api.Float("sigma", 1.0, min=0.1, max=10.0, step=0.01),
         api.Float("alpha", 1.0, min=0.0, max=5.0, step=0.01),
     ],
-    outputs=["IMAGE"],
+    outputs=[api.IMAGE],
 )
 def image_sharpen(image: torch.Tensor, sharpen_radius: int, sigma: float, alpha: float):
     """Unsharp-style sharpening: a negated, scaled Gaussian with the centre raised so the kernel sums to 1
@@ -277,12 +278,12 @@ def image_sharpen(image: torch.Tensor, sharpen_radius: int, sigma: float, alpha:
     "EmptyImage",
     category="image",
     inputs=[
-        api.Int("width", 512, min=1, max=MAX_RESOLUTION, step=1),
-        api.Int("height", 512, min=1, max=MAX_RESOLUTION, step=1),
+        api.Int("width", 512, min=1, max=api.MAX_RESOLUTION, step=1),
+        api.Int("height", 512, min=1, max=api.MAX_RESOLUTION, step=1),
         api.Int("batch_size", 1, min=1, max=4096),
         api.Int("color", 0, min=0, max=0xFFFFFF, step=1, display="color"),
     ],
-    outputs=["IMAGE"],
+    outputs=[api.IMAGE],
 )
 def empty_image(width: int, height: int, batch_size: int = 1, color: int = 0):
     """A batch of images filled with one colour (0xRRGGBB)."""
@@ -293,15 +294,8 @@ def empty_image(width: int, height: int, batch_size: int = 1, color: int = 0):
 @api.node(
     "ImageCompositeMasked",
     category="image",
-    inputs=[
-        api.Input("destination", "IMAGE"),
-        api.Input("source", "IMAGE"),
-        api.Int("x", 0, min=0, max=MAX_RESOLUTION, step=1),
-        api.Int("y", 0, min=0, max=MAX_RESOLUTION, step=1),
-        api.Boolean("resize_source", False),
-        api.Input("mask", "MASK", optional=True),
-    ],
-    outputs=["IMAGE"],
+    inputs=composite_masked_inputs(api.IMAGE, step=1),
+    outputs=[api.IMAGE],
 )
 def image_composite_masked(
     destination: torch.Tensor,

@@ -1,6 +1,6 @@
 """Image file nodes: LoadImage, LoadImageMask, SaveImage, PreviewImage.
 
-Files are read and written through engine.imageio (Pillow); folders come from the runtime
+Files are read and written through engine.api.images (Pillow); folders come from the runtime
 (`context.folders`), never from globals. Saved PNGs embed the API graph (`prompt` chunk) and the UI graph
 (`workflow` chunk), so `diffgraph run image.png` and ComfyUI's canvas can both re-open them.
 """
@@ -14,16 +14,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from engine import api, imageio
+from engine import api
+from engine.api import images as imageio
 
 _UPLOAD = {"image_upload": True}
 MASK_CHANNELS = ["alpha", "red", "green", "blue"]
 
 
-def _input_path(context: Any, image: str) -> Any:
-    """Full path of an input-folder image, with an error that says where we looked."""
+def _input_path(context: api.ExecutionContext, image: str) -> Any:
+    """Full path of an input-folder image (or of an annotated name, "x.png [output]", in the folder it
+    names, as ComfyUI's LoadImage takes), with an error that says where we looked."""
     try:
-        return context.folders.full_path("input", image)
+        return context.folders.annotated_path(image, "input")
     except FileNotFoundError:
         raise imageio.ImageFileError(
             f"input image {image!r} not found in the input folder {context.folders.input}; "
@@ -31,7 +33,7 @@ def _input_path(context: Any, image: str) -> Any:
         ) from None
 
 
-def _input_fingerprint(image: str, context: Any = None) -> Any:
+def _input_fingerprint(image: str, context: api.ExecutionContext | None = None) -> Any:
     """The file's content hash, so that replacing an input image re-runs the node and what follows.
 
     Hooks only get a `context` where the runtime passes one; without it the file cannot be located,
@@ -47,10 +49,10 @@ def _input_fingerprint(image: str, context: Any = None) -> Any:
     category="image",
     display_name="Load Image",
     inputs=[api.Combo("image", api.FileChoices("input"), extra=_UPLOAD)],
-    outputs=["IMAGE", "MASK"],
+    outputs=[api.IMAGE, api.MASK],
     fingerprint=_input_fingerprint,
 )
-def load_image(image: str, context: Any):
+def load_image(image: str, context: api.ExecutionContext):
     """All frames of an input image as an IMAGE batch, and MASK = 1 - alpha (zeros without alpha)."""
     loaded = imageio.read_image(_input_path(context, image))
     return (torch.from_numpy(loaded.pixels.copy()), torch.from_numpy(loaded.masks.copy()))
@@ -64,10 +66,10 @@ def load_image(image: str, context: Any):
         api.Combo("image", api.FileChoices("input"), extra=_UPLOAD),
         api.Combo("channel", MASK_CHANNELS, default="alpha"),
     ],
-    outputs=["MASK"],
+    outputs=[api.MASK],
     fingerprint=_input_fingerprint,
 )
-def load_image_mask(image: str, channel: str, context: Any):
+def load_image_mask(image: str, channel: str, context: api.ExecutionContext):
     """One channel of an input image as a (1, H, W) mask; alpha is inverted (transparent = 1)."""
     mask = imageio.read_image_channel(_input_path(context, image), channel)
     return (torch.from_numpy(np.ascontiguousarray(mask)).unsqueeze(0),)
@@ -102,14 +104,14 @@ def _save_batch(
     "SaveImage",
     category="image",
     display_name="Save Image",
-    inputs=[api.Input("images", "IMAGE"), api.String("filename_prefix", "ComfyUI")],
+    inputs=[api.Input("images", api.IMAGE), api.String("filename_prefix", "ComfyUI")],
     output_node=True,
     hidden={"prompt": api.HIDDEN_PROMPT, "extra_pnginfo": api.HIDDEN_EXTRA_PNGINFO},
 )
 def save_image(
     images: torch.Tensor,
     filename_prefix: str = "ComfyUI",
-    context: Any = None,
+    context: api.ExecutionContext | None = None,
     prompt: Any = None,
     extra_pnginfo: Any = None,
 ):
@@ -124,11 +126,16 @@ def save_image(
     "PreviewImage",
     category="image",
     display_name="Preview Image",
-    inputs=[api.Input("images", "IMAGE")],
+    inputs=[api.Input("images", api.IMAGE)],
     output_node=True,
     hidden={"prompt": api.HIDDEN_PROMPT, "extra_pnginfo": api.HIDDEN_EXTRA_PNGINFO},
 )
-def preview_image(images: torch.Tensor, context: Any = None, prompt: Any = None, extra_pnginfo: Any = None):
+def preview_image(
+    images: torch.Tensor,
+    context: api.ExecutionContext | None = None,
+    prompt: Any = None,
+    extra_pnginfo: Any = None,
+):
     """Write the images to temp/ (fast compression, random prefix) for the canvas to show."""
     suffix = "".join(random.SystemRandom().choice(string.ascii_lowercase) for _ in range(5))
     results = _save_batch(

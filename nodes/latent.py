@@ -12,12 +12,13 @@ from typing import Any
 import torch
 
 from engine import api
-from nodes._image_ops import (
+
+from ._image_ops import (
     CROP_METHODS,
-    MAX_RESOLUTION,
     UPSCALE_METHODS_LATENT,
     common_upscale,
     composite_masked,
+    composite_masked_inputs,
     repeat_to_batch,
 )
 
@@ -35,11 +36,11 @@ def _copy(latent: Latent, samples: torch.Tensor) -> Latent:
     category="latent",
     display_name="Empty Latent Image",
     inputs=[
-        api.Int("width", 512, min=16, max=MAX_RESOLUTION, step=8),
-        api.Int("height", 512, min=16, max=MAX_RESOLUTION, step=8),
+        api.Int("width", 512, min=16, max=api.MAX_RESOLUTION, step=8),
+        api.Int("height", 512, min=16, max=api.MAX_RESOLUTION, step=8),
         api.Int("batch_size", 1, min=1, max=4096),
     ],
-    outputs=["LATENT"],
+    outputs=[api.LATENT],
 )
 def empty_latent_image(width: int, height: int, batch_size: int = 1):
     """A batch of all-zero latents for a width×height image (4 channels, 1/8 resolution)."""
@@ -66,13 +67,13 @@ def _upscale_size(samples: torch.Tensor, width: int, height: int) -> tuple[int, 
     category="latent",
     display_name="Upscale Latent",
     inputs=[
-        api.Input("samples", "LATENT"),
+        api.Input("samples", api.LATENT),
         api.Combo("upscale_method", UPSCALE_METHODS_LATENT, default="nearest-exact"),
-        api.Int("width", 512, min=0, max=MAX_RESOLUTION, step=8),
-        api.Int("height", 512, min=0, max=MAX_RESOLUTION, step=8),
+        api.Int("width", 512, min=0, max=api.MAX_RESOLUTION, step=8),
+        api.Int("height", 512, min=0, max=api.MAX_RESOLUTION, step=8),
         api.Combo("crop", CROP_METHODS, default="disabled"),
     ],
-    outputs=["LATENT"],
+    outputs=[api.LATENT],
 )
 def latent_upscale(samples: Latent, upscale_method: str, width: int, height: int, crop: str):
     size = _upscale_size(samples["samples"], width, height)
@@ -87,11 +88,11 @@ def latent_upscale(samples: Latent, upscale_method: str, width: int, height: int
     category="latent",
     display_name="Upscale Latent By",
     inputs=[
-        api.Input("samples", "LATENT"),
+        api.Input("samples", api.LATENT),
         api.Combo("upscale_method", UPSCALE_METHODS_LATENT, default="nearest-exact"),
         api.Float("scale_by", 1.5, min=0.01, max=8.0, step=0.01),
     ],
-    outputs=["LATENT"],
+    outputs=[api.LATENT],
 )
 def latent_upscale_by(samples: Latent, upscale_method: str, scale_by: float):
     s = samples["samples"]
@@ -117,13 +118,13 @@ def _edge_ramp(length: int, feather: int, at_start: bool, at_end: bool) -> torch
     category="latent",
     display_name="Latent Composite",
     inputs=[
-        api.Input("samples_to", "LATENT"),
-        api.Input("samples_from", "LATENT"),
-        api.Int("x", 0, min=0, max=MAX_RESOLUTION, step=8),
-        api.Int("y", 0, min=0, max=MAX_RESOLUTION, step=8),
-        api.Int("feather", 0, min=0, max=MAX_RESOLUTION, step=8),
+        api.Input("samples_to", api.LATENT),
+        api.Input("samples_from", api.LATENT),
+        api.Int("x", 0, min=0, max=api.MAX_RESOLUTION, step=8),
+        api.Int("y", 0, min=0, max=api.MAX_RESOLUTION, step=8),
+        api.Int("feather", 0, min=0, max=api.MAX_RESOLUTION, step=8),
     ],
-    outputs=["LATENT"],
+    outputs=[api.LATENT],
 )
 def latent_composite(samples_to: Latent, samples_from: Latent, x: int, y: int, feather: int):
     """Paste samples_from into samples_to at pixel (x, y); `feather` pixels blend the inner edges."""
@@ -150,15 +151,8 @@ def latent_composite(samples_to: Latent, samples_from: Latent, x: int, y: int, f
 @api.node(
     "LatentCompositeMasked",
     category="latent",
-    inputs=[
-        api.Input("destination", "LATENT"),
-        api.Input("source", "LATENT"),
-        api.Int("x", 0, min=0, max=MAX_RESOLUTION, step=8),
-        api.Int("y", 0, min=0, max=MAX_RESOLUTION, step=8),
-        api.Boolean("resize_source", False),
-        api.Input("mask", "MASK", optional=True),
-    ],
-    outputs=["LATENT"],
+    inputs=composite_masked_inputs(api.LATENT, step=8),
+    outputs=[api.LATENT],
 )
 def latent_composite_masked(
     destination: Latent,
@@ -177,11 +171,11 @@ def latent_composite_masked(
     category="_for_testing",
     display_name="Latent Blend",
     inputs=[
-        api.Input("samples1", "LATENT"),
-        api.Input("samples2", "LATENT"),
+        api.Input("samples1", api.LATENT),
+        api.Input("samples2", api.LATENT),
         api.Float("blend_factor", 0.5, min=0.0, max=1.0, step=0.01),
     ],
-    outputs=["LATENT"],
+    outputs=[api.LATENT],
 )
 def latent_blend(samples1: Latent, samples2: Latent, blend_factor: float):
     """samples1 * blend_factor + samples2 * (1 - blend_factor); samples2 is resized to samples1 first."""
@@ -198,11 +192,11 @@ def latent_blend(samples1: Latent, samples2: Latent, blend_factor: float):
     category="latent/batch",
     display_name="Latent From Batch",
     inputs=[
-        api.Input("samples", "LATENT"),
+        api.Input("samples", api.LATENT),
         api.Int("batch_index", 0, min=0, max=63),
         api.Int("length", 1, min=1, max=64),
     ],
-    outputs=["LATENT"],
+    outputs=[api.LATENT],
 )
 def latent_from_batch(samples: Latent, batch_index: int, length: int):
     """`length` latents starting at `batch_index` (clamped to the batch), with their noise masks and
@@ -229,8 +223,8 @@ def latent_from_batch(samples: Latent, batch_index: int, length: int):
     "RepeatLatentBatch",
     category="latent/batch",
     display_name="Repeat Latent Batch",
-    inputs=[api.Input("samples", "LATENT"), api.Int("amount", 1, min=1, max=64)],
-    outputs=["LATENT"],
+    inputs=[api.Input("samples", api.LATENT), api.Int("amount", 1, min=1, max=64)],
+    outputs=[api.LATENT],
 )
 def repeat_latent_batch(samples: Latent, amount: int):
     s = samples["samples"]
@@ -249,8 +243,8 @@ def repeat_latent_batch(samples: Latent, amount: int):
 @api.node(
     "LatentBatch",
     category="latent/batch",
-    inputs=[api.Input("samples1", "LATENT"), api.Input("samples2", "LATENT")],
-    outputs=["LATENT"],
+    inputs=[api.Input("samples1", api.LATENT), api.Input("samples2", api.LATENT)],
+    outputs=[api.LATENT],
 )
 def latent_batch(samples1: Latent, samples2: Latent):
     """Both batches in one; samples2 is resized (bilinear, centre crop) to samples1's size if needed."""
@@ -278,8 +272,8 @@ ROTATIONS = ["none", "90 degrees", "180 degrees", "270 degrees"]
     "LatentRotate",
     category="latent/transform",
     display_name="Rotate Latent",
-    inputs=[api.Input("samples", "LATENT"), api.Combo("rotation", ROTATIONS, default="none")],
-    outputs=["LATENT"],
+    inputs=[api.Input("samples", api.LATENT), api.Combo("rotation", ROTATIONS, default="none")],
+    outputs=[api.LATENT],
 )
 def latent_rotate(samples: Latent, rotation: str):
     """Rotate clockwise by the chosen angle."""
@@ -295,8 +289,8 @@ FLIPS = ["x-axis: vertically", "y-axis: horizontally"]
     "LatentFlip",
     category="latent/transform",
     display_name="Flip Latent",
-    inputs=[api.Input("samples", "LATENT"), api.Combo("flip_method", FLIPS, default="x-axis: vertically")],
-    outputs=["LATENT"],
+    inputs=[api.Input("samples", api.LATENT), api.Combo("flip_method", FLIPS, default="x-axis: vertically")],
+    outputs=[api.LATENT],
 )
 def latent_flip(samples: Latent, flip_method: str):
     dim = 2 if flip_method.startswith("x") else 3
@@ -308,13 +302,13 @@ def latent_flip(samples: Latent, flip_method: str):
     category="latent/transform",
     display_name="Crop Latent",
     inputs=[
-        api.Input("samples", "LATENT"),
-        api.Int("width", 512, min=64, max=MAX_RESOLUTION, step=8),
-        api.Int("height", 512, min=64, max=MAX_RESOLUTION, step=8),
-        api.Int("x", 0, min=0, max=MAX_RESOLUTION, step=8),
-        api.Int("y", 0, min=0, max=MAX_RESOLUTION, step=8),
+        api.Input("samples", api.LATENT),
+        api.Int("width", 512, min=64, max=api.MAX_RESOLUTION, step=8),
+        api.Int("height", 512, min=64, max=api.MAX_RESOLUTION, step=8),
+        api.Int("x", 0, min=0, max=api.MAX_RESOLUTION, step=8),
+        api.Int("y", 0, min=0, max=api.MAX_RESOLUTION, step=8),
     ],
-    outputs=["LATENT"],
+    outputs=[api.LATENT],
 )
 def latent_crop(samples: Latent, width: int, height: int, x: int, y: int):
     """A width×height pixel window at (x, y); the origin is clamped to keep at least 8 latent cells."""
@@ -329,8 +323,8 @@ def latent_crop(samples: Latent, width: int, height: int, x: int, y: int):
     "SetLatentNoiseMask",
     category="latent/inpaint",
     display_name="Set Latent Noise Mask",
-    inputs=[api.Input("samples", "LATENT"), api.Input("mask", "MASK")],
-    outputs=["LATENT"],
+    inputs=[api.Input("samples", api.LATENT), api.Input("mask", api.MASK)],
+    outputs=[api.LATENT],
 )
 def set_latent_noise_mask(samples: Latent, mask: torch.Tensor):
     """Limit sampling to the masked area: the sampler keeps the original latent where the mask is 0."""

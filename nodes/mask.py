@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from engine import api
-from nodes._image_ops import MAX_RESOLUTION, as_mask, repeat_to_batch
+
+from ._image_ops import as_mask, repeat_to_batch
 
 IMAGE_CHANNELS = ["red", "green", "blue", "alpha"]
 
@@ -19,8 +20,8 @@ IMAGE_CHANNELS = ["red", "green", "blue", "alpha"]
     "MaskToImage",
     category="mask",
     display_name="Convert Mask to Image",
-    inputs=[api.Input("mask", "MASK")],
-    outputs=["IMAGE"],
+    inputs=[api.Input("mask", api.MASK)],
+    outputs=[api.IMAGE],
 )
 def mask_to_image(mask: torch.Tensor):
     """A grey RGB image per mask (the mask value in all three channels)."""
@@ -31,8 +32,8 @@ def mask_to_image(mask: torch.Tensor):
     "ImageToMask",
     category="mask",
     display_name="Convert Image to Mask",
-    inputs=[api.Input("image", "IMAGE"), api.Combo("channel", IMAGE_CHANNELS, default="red")],
-    outputs=["MASK"],
+    inputs=[api.Input("image", api.IMAGE), api.Combo("channel", IMAGE_CHANNELS, default="red")],
+    outputs=[api.MASK],
 )
 def image_to_mask(image: torch.Tensor, channel: str):
     index = IMAGE_CHANNELS.index(channel)
@@ -47,8 +48,8 @@ def image_to_mask(image: torch.Tensor, channel: str):
 @api.node(
     "ImageColorToMask",
     category="mask",
-    inputs=[api.Input("image", "IMAGE"), api.Int("color", 0, min=0, max=0xFFFFFF, step=1, display="color")],
-    outputs=["MASK"],
+    inputs=[api.Input("image", api.IMAGE), api.Int("color", 0, min=0, max=0xFFFFFF, step=1, display="color")],
+    outputs=[api.MASK],
 )
 def image_color_to_mask(image: torch.Tensor, color: int):
     """1 where the pixel's 8-bit RGB equals `color` (0xRRGGBB) exactly, else 0."""
@@ -62,10 +63,10 @@ def image_color_to_mask(image: torch.Tensor, color: int):
     category="mask",
     inputs=[
         api.Float("value", 1.0, min=0.0, max=1.0, step=0.01),
-        api.Int("width", 512, min=1, max=MAX_RESOLUTION, step=1),
-        api.Int("height", 512, min=1, max=MAX_RESOLUTION, step=1),
+        api.Int("width", 512, min=1, max=api.MAX_RESOLUTION, step=1),
+        api.Int("height", 512, min=1, max=api.MAX_RESOLUTION, step=1),
     ],
-    outputs=["MASK"],
+    outputs=[api.MASK],
 )
 def solid_mask(value: float, width: int, height: int):
     return (torch.full((1, height, width), value, dtype=torch.float32),)
@@ -74,8 +75,8 @@ def solid_mask(value: float, width: int, height: int):
 @api.node(
     "InvertMask",
     category="mask",
-    inputs=[api.Input("mask", "MASK")],
-    outputs=["MASK"],
+    inputs=[api.Input("mask", api.MASK)],
+    outputs=[api.MASK],
 )
 def invert_mask(mask: torch.Tensor):
     return (1.0 - mask,)
@@ -85,13 +86,13 @@ def invert_mask(mask: torch.Tensor):
     "CropMask",
     category="mask",
     inputs=[
-        api.Input("mask", "MASK"),
-        api.Int("x", 0, min=0, max=MAX_RESOLUTION, step=1),
-        api.Int("y", 0, min=0, max=MAX_RESOLUTION, step=1),
-        api.Int("width", 512, min=1, max=MAX_RESOLUTION, step=1),
-        api.Int("height", 512, min=1, max=MAX_RESOLUTION, step=1),
+        api.Input("mask", api.MASK),
+        api.Int("x", 0, min=0, max=api.MAX_RESOLUTION, step=1),
+        api.Int("y", 0, min=0, max=api.MAX_RESOLUTION, step=1),
+        api.Int("width", 512, min=1, max=api.MAX_RESOLUTION, step=1),
+        api.Int("height", 512, min=1, max=api.MAX_RESOLUTION, step=1),
     ],
-    outputs=["MASK"],
+    outputs=[api.MASK],
 )
 def crop_mask(mask: torch.Tensor, x: int, y: int, width: int, height: int):
     return (as_mask(mask)[:, y : y + height, x : x + width].clone(),)
@@ -104,13 +105,13 @@ MASK_OPERATIONS = ["multiply", "add", "subtract", "and", "or", "xor"]
     "MaskComposite",
     category="mask",
     inputs=[
-        api.Input("destination", "MASK"),
-        api.Input("source", "MASK"),
-        api.Int("x", 0, min=0, max=MAX_RESOLUTION, step=1),
-        api.Int("y", 0, min=0, max=MAX_RESOLUTION, step=1),
+        api.Input("destination", api.MASK),
+        api.Input("source", api.MASK),
+        api.Int("x", 0, min=0, max=api.MAX_RESOLUTION, step=1),
+        api.Int("y", 0, min=0, max=api.MAX_RESOLUTION, step=1),
         api.Combo("operation", MASK_OPERATIONS, default="multiply"),
     ],
-    outputs=["MASK"],
+    outputs=[api.MASK],
 )
 def mask_composite(destination: torch.Tensor, source: torch.Tensor, x: int, y: int, operation: str):
     """Combine `source` into the destination region starting at (x, y); the rest is unchanged.
@@ -146,13 +147,13 @@ def mask_composite(destination: torch.Tensor, source: torch.Tensor, x: int, y: i
     "FeatherMask",
     category="mask",
     inputs=[
-        api.Input("mask", "MASK"),
-        api.Int("left", 0, min=0, max=MAX_RESOLUTION, step=1),
-        api.Int("top", 0, min=0, max=MAX_RESOLUTION, step=1),
-        api.Int("right", 0, min=0, max=MAX_RESOLUTION, step=1),
-        api.Int("bottom", 0, min=0, max=MAX_RESOLUTION, step=1),
+        api.Input("mask", api.MASK),
+        api.Int("left", 0, min=0, max=api.MAX_RESOLUTION, step=1),
+        api.Int("top", 0, min=0, max=api.MAX_RESOLUTION, step=1),
+        api.Int("right", 0, min=0, max=api.MAX_RESOLUTION, step=1),
+        api.Int("bottom", 0, min=0, max=api.MAX_RESOLUTION, step=1),
     ],
-    outputs=["MASK"],
+    outputs=[api.MASK],
 )
 def feather_mask(mask: torch.Tensor, left: int, top: int, right: int, bottom: int):
     """Fade the mask linearly to the image edges: the outermost pixel is multiplied by 1/n, the n-th by
@@ -176,11 +177,11 @@ def feather_mask(mask: torch.Tensor, left: int, top: int, right: int, bottom: in
     "GrowMask",
     category="mask",
     inputs=[
-        api.Input("mask", "MASK"),
-        api.Int("expand", 0, min=-MAX_RESOLUTION, max=MAX_RESOLUTION, step=1),
+        api.Input("mask", api.MASK),
+        api.Int("expand", 0, min=-api.MAX_RESOLUTION, max=api.MAX_RESOLUTION, step=1),
         api.Boolean("tapered_corners", True),
     ],
-    outputs=["MASK"],
+    outputs=[api.MASK],
 )
 def grow_mask(mask: torch.Tensor, expand: int, tapered_corners: bool):
     """Grey dilation (expand > 0) or erosion (expand < 0), one pixel per step, with a 3×3 cross
@@ -202,8 +203,8 @@ def grow_mask(mask: torch.Tensor, expand: int, tapered_corners: bool):
 @api.node(
     "ThresholdMask",
     category="mask",
-    inputs=[api.Input("mask", "MASK"), api.Float("value", 0.5, min=0.0, max=1.0, step=0.01)],
-    outputs=["MASK"],
+    inputs=[api.Input("mask", api.MASK), api.Float("value", 0.5, min=0.0, max=1.0, step=0.01)],
+    outputs=[api.MASK],
 )
 def threshold_mask(mask: torch.Tensor, value: float):
     """1 where the mask is strictly above `value`, else 0."""

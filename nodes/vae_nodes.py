@@ -12,15 +12,9 @@ import torch
 import torch.nn.functional as F
 
 from engine import api
-from engine.handles import VAEMissingError
+from engine.api.models import require_vae
 
-NO_VAE = "vae input is None: the checkpoint has no VAE weights; load a VAE file with VAELoader and connect it"
-
-
-def _vae(vae: Any) -> Any:
-    if vae is None:
-        raise VAEMissingError(NO_VAE)
-    return vae
+from ._image_ops import checked_mask
 
 
 def _image(pixels: Any, name: str = "pixels") -> torch.Tensor:
@@ -29,15 +23,6 @@ def _image(pixels: Any, name: str = "pixels") -> torch.Tensor:
             f"{name} must be an IMAGE (batch, height, width, channels), got {getattr(pixels, 'shape', pixels)}"
         )
     return pixels
-
-
-def _mask(mask: Any) -> torch.Tensor:
-    m = torch.as_tensor(mask, dtype=torch.float32)
-    if m.ndim == 2:
-        m = m.unsqueeze(0)
-    if m.ndim != 3:
-        raise ValueError(f"mask must be a MASK (batch, height, width), got shape {tuple(m.shape)}")
-    return m
 
 
 def _mask_like(mask: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
@@ -51,23 +36,23 @@ def _mask_like(mask: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
 @api.node(
     "VAEDecode",
     category="latent",
-    inputs=[api.Input("samples", "LATENT"), api.Input("vae", "VAE")],
-    outputs=["IMAGE"],
+    inputs=[api.Input("samples", api.LATENT), api.Input("vae", api.VAE)],
+    outputs=[api.IMAGE],
 )
 def vae_decode(samples: Any, vae: Any):
     """Latent -> image (0..1); falls back to tiled decoding when memory runs out."""
-    return (_vae(vae).decode(samples["samples"]),)
+    return (require_vae(vae).decode(samples["samples"]),)
 
 
 @api.node(
     "VAEEncode",
     category="latent",
-    inputs=[api.Input("pixels", "IMAGE"), api.Input("vae", "VAE")],
-    outputs=["LATENT"],
+    inputs=[api.Input("pixels", api.IMAGE), api.Input("vae", api.VAE)],
+    outputs=[api.LATENT],
 )
 def vae_encode(pixels: Any, vae: Any):
     """Image -> latent; the image is cropped to a multiple of the VAE's cell size first."""
-    return ({"samples": _vae(vae).encode(_image(pixels))},)
+    return ({"samples": require_vae(vae).encode(_image(pixels))},)
 
 
 def _tile_inputs() -> list[api.Input]:
@@ -89,15 +74,17 @@ def _check_tiles(tile_size: int, overlap: int) -> int:
     "VAEDecodeTiled",
     category="_for_testing",
     display_name="VAE Decode (Tiled)",
-    inputs=[api.Input("samples", "LATENT"), api.Input("vae", "VAE"), *_tile_inputs()],
-    outputs=["IMAGE"],
+    inputs=[api.Input("samples", api.LATENT), api.Input("vae", api.VAE), *_tile_inputs()],
+    outputs=[api.IMAGE],
 )
 def vae_decode_tiled(
     samples: Any, vae: Any, tile_size: int, overlap: int, temporal_size: int = 64, temporal_overlap: int = 8
 ):
     """Decode in overlapping tiles of tile_size pixels (less memory for large images)."""
     return (
-        _vae(vae).decode(samples["samples"], tile_size=tile_size, overlap=_check_tiles(tile_size, overlap)),
+        require_vae(vae).decode(
+            samples["samples"], tile_size=tile_size, overlap=_check_tiles(tile_size, overlap)
+        ),
     )
 
 
@@ -105,14 +92,14 @@ def vae_decode_tiled(
     "VAEEncodeTiled",
     category="_for_testing",
     display_name="VAE Encode (Tiled)",
-    inputs=[api.Input("pixels", "IMAGE"), api.Input("vae", "VAE"), *_tile_inputs()],
-    outputs=["LATENT"],
+    inputs=[api.Input("pixels", api.IMAGE), api.Input("vae", api.VAE), *_tile_inputs()],
+    outputs=[api.LATENT],
 )
 def vae_encode_tiled(
     pixels: Any, vae: Any, tile_size: int, overlap: int, temporal_size: int = 64, temporal_overlap: int = 8
 ):
     """Encode in overlapping tiles of tile_size pixels."""
-    v = _vae(vae)
+    v = require_vae(vae)
     image = v.crop_to_multiple(_image(pixels))
     f = v.downscale
     tile = max(f, (tile_size // f) * f)
@@ -136,19 +123,19 @@ def _grow(mask: torch.Tensor, grow: int) -> torch.Tensor:
     category="latent/inpaint",
     display_name="VAE Encode (for Inpainting)",
     inputs=[
-        api.Input("pixels", "IMAGE"),
-        api.Input("vae", "VAE"),
-        api.Input("mask", "MASK"),
+        api.Input("pixels", api.IMAGE),
+        api.Input("vae", api.VAE),
+        api.Input("mask", api.MASK),
         api.Int("grow_mask_by", 6, min=0, max=64, step=1),
     ],
-    outputs=["LATENT"],
+    outputs=[api.LATENT],
 )
 def vae_encode_for_inpaint(pixels: Any, vae: Any, mask: Any, grow_mask_by: int):
     """Encode the image with the masked pixels set to mid-grey and attach the (grown) mask as the
     latent's noise_mask, for inpainting models (denoise 1.0 repaints the masked region from scratch)."""
-    v = _vae(vae)
+    v = require_vae(vae)
     image = _image(pixels)
-    m = _mask_like(_mask(mask), image).clamp(0.0, 1.0)
+    m = _mask_like(checked_mask(mask), image).clamp(0.0, 1.0)
     image = v.crop_to_multiple(image)
     if tuple(m.shape[-2:]) != tuple(image.shape[1:3]):
         # cropped like the image: centre crop
@@ -168,19 +155,19 @@ def vae_encode_for_inpaint(pixels: Any, vae: Any, mask: Any, grow_mask_by: int):
     "InpaintModelConditioning",
     category="conditioning/inpaint",
     inputs=[
-        api.Input("positive", "CONDITIONING"),
-        api.Input("negative", "CONDITIONING"),
-        api.Input("vae", "VAE"),
-        api.Input("pixels", "IMAGE"),
-        api.Input("mask", "MASK"),
+        api.Input("positive", api.CONDITIONING),
+        api.Input("negative", api.CONDITIONING),
+        api.Input("vae", api.VAE),
+        api.Input("pixels", api.IMAGE),
+        api.Input("mask", api.MASK),
         api.Boolean(
             "noise_mask", True, tooltip="Add a noise mask to the latent so sampling only repaints the mask."
         ),
     ],
     outputs=[
-        api.Output("CONDITIONING", "positive"),
-        api.Output("CONDITIONING", "negative"),
-        api.Output("LATENT", "latent"),
+        api.Output(api.CONDITIONING, "positive"),
+        api.Output(api.CONDITIONING, "negative"),
+        api.Output(api.LATENT, "latent"),
     ],
 )
 def inpaint_model_conditioning(
@@ -188,9 +175,9 @@ def inpaint_model_conditioning(
 ):
     """For inpainting models: the latent of the image, plus conditionings carrying the mask and the
     latent of the image with the masked pixels greyed out (`concat_mask` / `concat_latent_image`)."""
-    v = _vae(vae)
+    v = require_vae(vae)
     image = v.crop_to_multiple(_image(pixels))
-    m = _mask_like(_mask(mask), image).clamp(0.0, 1.0)
+    m = _mask_like(checked_mask(mask), image).clamp(0.0, 1.0)
     keep = (1.0 - m.round()).unsqueeze(-1)
     greyed = (image[..., :3] - 0.5) * keep + 0.5
     concat_latent = v.encode(greyed)

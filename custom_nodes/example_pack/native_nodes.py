@@ -8,7 +8,7 @@ from engine import api
     category="example",
     display_name="Repeat Text (example)",
     inputs=[api.String("text", "hello"), api.Int("times", 2, min=1, max=100)],
-    outputs=[api.Output("STRING", "text")],
+    outputs=[api.Output(api.STRING, "text")],
 )
 def repeat_text(text: str, times: int):
     """Repeats a string."""

@@ -14,9 +14,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-# Values of this kind are considered "infinitely changed" by fingerprints (ComfyUI's NaN convention).
-NEVER_CACHE = "never-cache"
-
 
 def static_key_part(
     node_type: str, version: str, constants: Mapping[str, Any], node_id_if_unique: str | None

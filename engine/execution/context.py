@@ -1,4 +1,10 @@
-"""What a running node can reach: progress reporting, interrupt checks, folders and shared services."""
+"""What a running node can reach: progress reporting, interrupt checks, folders and the runtime's services.
+
+Services are objects the runtime creates at start-up (engine/runtime.py) and the executor hands to every
+context; nodes reach them through the named accessors below (`context.models`, `context.folders`,
+`context.samplers`), never through module globals. This layer does not import the model stack, so the
+accessors are typed `Any` here; engine.api documents what each one is.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,12 @@ from typing import Any
 
 from engine.errors import ExecutionInterrupted
 from engine.execution.events import EventSink, NodeProgress
+
+# Names of the runtime services in `ExecutionContext.services` (and `Executor(services=...)`).
+FOLDERS = "folders"  # engine.folders.Folders
+DEVICE = "device"  # engine.memory.devices.DeviceInfo
+MODEL_MANAGER = "model_manager"  # engine.memory.manager.ModelManager
+SAMPLERS = "samplers"  # engine.handles.sampling.SamplingLibrary
 
 
 class InterruptFlag:
@@ -33,8 +45,8 @@ class InterruptFlag:
 class ExecutionContext:
     """Passed to node functions that declare a `context` parameter.
 
-    `services` holds runtime objects the app provides (folders, model manager, ...) by name, so nodes
-    never reach for module globals.
+    `services` holds runtime objects the app provides (folders, model manager, ...) by name; nodes use
+    the accessors (`folders`, `models`, `device`, `samplers`).
     """
 
     def __init__(
@@ -55,9 +67,21 @@ class ExecutionContext:
         self.services = services
 
     def progress(self, value: int, total: int, preview: Any = None) -> None:
-        """Report progress (e.g. sampling step value of total); raises ExecutionInterrupted if asked to stop."""
+        """Report progress (e.g. sampling step value of total); raises ExecutionInterrupted if asked to stop.
+
+        `preview` is an image (PIL, or an IMAGE-like array) or a zero-argument function making one; the
+        function is called only when the sink shows previews (`wants_previews`), so a run whose sink
+        does not (the CLI) never renders them.
+        """
         self._interrupt.raise_if_set()
+        if callable(preview):
+            preview = preview() if self.wants_previews else None
         self._sink(NodeProgress(self.prompt_id, self.node_id, int(value), int(total), preview))
+
+    @property
+    def wants_previews(self) -> bool:
+        """Whether the event sink shows live previews (a sink says so with `wants_previews = True`)."""
+        return bool(getattr(self._sink, "wants_previews", False))
 
     def check_interrupt(self) -> None:
         self._interrupt.raise_if_set()
@@ -76,4 +100,21 @@ class ExecutionContext:
 
     @property
     def folders(self) -> Any:
-        return self.service("folders")
+        """The model and input/output folders (engine.folders.Folders)."""
+        return self.service(FOLDERS)
+
+    @property
+    def models(self) -> Any:
+        """The model manager (engine.memory.manager.ModelManager) that loaders register weights with."""
+        return self.service(MODEL_MANAGER)
+
+    @property
+    def device(self) -> Any:
+        """The compute device decided at start-up (engine.memory.devices.DeviceInfo)."""
+        return self.service(DEVICE)
+
+    @property
+    def samplers(self) -> Any:
+        """The runtime's sampling library (engine.handles.sampling.SamplingLibrary): the samplers and
+        schedulers every KSampler-like node chooses from, plugins' included."""
+        return self.service(SAMPLERS)

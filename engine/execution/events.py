@@ -85,21 +85,10 @@ Event = (
     | ExecutionInterruptedEvent
     | ExecutionFinished
 )
+# A sink may set `wants_previews = True` to receive rendered sampler previews in NodeProgress events;
+# without it the executor's contexts never render them (ExecutionContext.progress).
 EventSink = Callable[[Any], None]
 
 
 def discard(_event: Any) -> None:
     """The default sink."""
-
-
-class CollectingSink:
-    """Keeps every event; handy for tests and for building a history entry."""
-
-    def __init__(self) -> None:
-        self.events: list[Any] = []
-
-    def __call__(self, event: Any) -> None:
-        self.events.append(event)
-
-    def of_type(self, kind: type) -> list[Any]:
-        return [e for e in self.events if isinstance(e, kind)]

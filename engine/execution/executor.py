@@ -23,7 +23,13 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.api import HIDDEN_EXTRA_PNGINFO, HIDDEN_PROMPT, HIDDEN_UNIQUE_ID, NodeDefinition, NodeOutput
+from engine.declarations import (
+    HIDDEN_EXTRA_PNGINFO,
+    HIDDEN_PROMPT,
+    HIDDEN_UNIQUE_ID,
+    NodeDefinition,
+    NodeOutput,
+)
 from engine.errors import ExecutionInterrupted, NodeExecutionError
 from engine.execution.cache import CachedResult, OutputCache, content_key, estimate_nbytes, static_key_part
 from engine.execution.context import ExecutionContext, InterruptFlag

@@ -5,19 +5,32 @@ Classic classes declare `INPUT_TYPES()` (required/optional/hidden), `RETURN_TYPE
 `OUTPUT_IS_LIST`, `check_lazy_status`, `DESCRIPTION`. After adaptation the executor cannot tell them
 from native nodes. `INPUT_TYPES()` is re-read whenever the schema is asked for, because classic packs
 compute their choices there (e.g. a folder listing).
+
+Classic packs are read as leniently as ComfyUI reads them (the built-in pack stays strict): wildcard
+types become "*", unknown hidden kinds are dropped, and declarations ComfyUI tolerates (a default outside
+min/max or the choices, a name both required and optional) are repaired with a warning in `warnings`.
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 from engine import types as T
-from engine.api import Input, NodeDefinition, Output
+from engine.declarations import HIDDEN_KINDS, Input, NodeDefinition, NodeOutput, Output
 from engine.errors import NodeDefinitionError
 
-_HIDDEN_KIND_NAMES = {"PROMPT", "EXTRA_PNGINFO", "UNIQUE_ID", "DYNPROMPT", "AUTH_TOKEN_COMFY_ORG"}
+# The registry's own per-input check, to know whether a classic declaration needs repairing.
+from engine.registry import _check_input as check_input
+
+# Set on a classic node's function when its "optional" dict claims every key (`__contains__` always
+# True): the validator then passes the prompt's undeclared inputs through, as ComfyUI does.
+ACCEPTS_ANY_INPUT = "accepts_any_input"
+# A key no real declaration uses, to probe wildcard types and catch-all dicts.
+_PROBE = "\x00diffgraph-probe"
+
 _OPTION_FIELDS = {
     "default",
     "min",
@@ -41,6 +54,8 @@ def _parse_input(node_type: str, name: str, raw: Any, optional: bool) -> Input:
         )
     kind, options = raw[0], (raw[1] if len(raw) > 1 and isinstance(raw[1], dict) else {})
     choices: list[Any] | None = None
+    if isinstance(kind, str):  # first: a wildcard's `==` may be overridden to match anything too
+        kind = plain_type(kind)
     if isinstance(kind, list | tuple):
         choices, kind = list(kind), T.COMBO
     elif kind == T.COMBO:
@@ -72,7 +87,21 @@ def _parse_input(node_type: str, name: str, raw: Any, optional: bool) -> Input:
     )
 
 
-def _read_input_types(node_type: str, cls: type) -> tuple[tuple[Input, ...], dict[str, str]]:
+def plain_type(kind: str) -> str:
+    """A declared socket type as a plain str. Packs write wildcards as str subclasses whose `!=` is always
+    False (ComfyUI compares types with `!=`, so they match anything): those become "*", which this engine
+    matches with anything; other subclasses become their plain text."""
+    if type(kind) is str:
+        return kind
+    if not (kind != _PROBE):  # noqa: SIM202 - the hack overrides only __ne__, so `!=` is the test
+        return T.ANY
+    return str.__str__(kind)
+
+
+def _read_input_types(
+    node_type: str, cls: type, warnings: list[str] | None = None
+) -> tuple[tuple[Input, ...], dict[str, str], bool]:
+    """The inputs, the hidden inputs (name -> kind), and whether "optional" claims any key."""
     try:
         declared = cls.INPUT_TYPES()  # type: ignore[attr-defined]
     except Exception as exc:
@@ -81,21 +110,62 @@ def _read_input_types(node_type: str, cls: type) -> tuple[tuple[Input, ...], dic
         raise NodeDefinitionError(
             node_type, "INPUT_TYPES() must return a dict with 'required'/'optional'/'hidden'"
         )
+    notes: list[str] = warnings if warnings is not None else []
     inputs: list[Input] = []
+    seen: set[str] = set()
     for section, optional in (("required", False), ("optional", True)):
         for name, raw in (declared.get(section) or {}).items():
-            inputs.append(_parse_input(node_type, name, raw, optional))
+            if name in seen:  # ComfyUI looks an input up in "required" first, so that one wins
+                notes.append(f"{node_type}: input {name!r} is both required and optional; it is required")
+                continue
+            seen.add(name)
+            inputs.append(_tolerated(node_type, _parse_input(node_type, name, raw, optional), notes))
     hidden: dict[str, str] = {}
     for name, kind in (declared.get("hidden") or {}).items():
         kind_name = kind if isinstance(kind, str) else str(kind)
-        hidden[name] = kind_name if kind_name in _HIDDEN_KIND_NAMES else "UNKNOWN"
-        if hidden[name] == "UNKNOWN":
-            raise NodeDefinitionError(node_type, f"hidden input {name!r} has unknown kind {kind!r}")
-    return tuple(inputs), hidden
+        if kind_name not in HIDDEN_KINDS:  # ComfyUI fills in only the kinds it knows and skips the rest
+            notes.append(f"{node_type}: hidden input {name!r} has the unknown kind {kind_name!r}; ignored")
+            continue
+        hidden[name] = kind_name
+    optional_section = declared.get("optional")
+    any_key = isinstance(optional_section, dict) and _PROBE in optional_section
+    return tuple(inputs), hidden, any_key
 
 
-def adapt_classic_node(node_type: str, cls: type, display_name: str | None = None) -> NodeDefinition:
-    """Build the NodeDefinition for one entry of a pack's NODE_CLASS_MAPPINGS."""
+def _tolerated(node_type: str, spec: Input, warnings: list[str]) -> Input:
+    """The input as declared if the registry accepts it; else with the default ComfyUI would tolerate
+    repaired (clamped into min/max, or dropped), and a warning saying so."""
+    try:
+        check_input(node_type, spec)
+        return spec
+    except NodeDefinitionError as exc:
+        original = exc
+    repaired = replace(spec, default=None)
+    if (
+        spec.type in (T.INT, T.FLOAT)
+        and isinstance(spec.default, int | float)
+        and not isinstance(spec.default, bool)
+    ):
+        clamped = spec.default
+        if spec.min is not None and clamped < spec.min:
+            clamped = spec.min
+        if spec.max is not None and clamped > spec.max:
+            clamped = spec.max
+        repaired = replace(spec, default=clamped)
+    try:
+        check_input(node_type, repaired)
+    except NodeDefinitionError:
+        raise original from None
+    fix = "the default is dropped" if repaired.default is None else f"using the default {repaired.default!r}"
+    warnings.append(f"{original}; {fix}")
+    return repaired
+
+
+def adapt_classic_node(
+    node_type: str, cls: type, display_name: str | None = None, warnings: list[str] | None = None
+) -> NodeDefinition:
+    """Build the NodeDefinition for one entry of a pack's NODE_CLASS_MAPPINGS; what was tolerated in its
+    declaration is appended to `warnings`."""
     if not inspect.isclass(cls):
         raise NodeDefinitionError(node_type, f"NODE_CLASS_MAPPINGS value {cls!r} is not a class")
     function_name = getattr(cls, "FUNCTION", None)
@@ -103,14 +173,14 @@ def adapt_classic_node(node_type: str, cls: type, display_name: str | None = Non
         raise NodeDefinitionError(
             node_type, f"FUNCTION {function_name!r} does not name a method of {cls.__name__}"
         )
-    inputs, hidden = _read_input_types(node_type, cls)
+    inputs, hidden, any_key = _read_input_types(node_type, cls, warnings)
     return_types = tuple(getattr(cls, "RETURN_TYPES", ()))
     names = tuple(getattr(cls, "RETURN_NAMES", ()) or ())
     is_list = tuple(getattr(cls, "OUTPUT_IS_LIST", ()) or ())
     tooltips = tuple(getattr(cls, "OUTPUT_TOOLTIPS", ()) or ())
     outputs = tuple(
         Output(
-            type=(t if isinstance(t, str) else T.COMBO),
+            type=(plain_type(t) if isinstance(t, str) else T.COMBO),
             name=names[i] if i < len(names) else None,
             is_list=bool(is_list[i]) if i < len(is_list) else False,
             tooltip=tooltips[i] if i < len(tooltips) else None,
@@ -126,7 +196,9 @@ def adapt_classic_node(node_type: str, cls: type, display_name: str | None = Non
         return instance_holder[0]
 
     def function(**kwargs: Any) -> Any:
-        return getattr(instance(), function_name)(**kwargs)
+        return shape_result(getattr(instance(), function_name)(**kwargs), outputs)
+
+    setattr(function, ACCEPTS_ANY_INPUT, any_key)
 
     validate, replaces = _classic_validate(cls, instance)
     fingerprint = _bound_hook(cls, "IS_CHANGED", instance)
@@ -154,6 +226,25 @@ def adapt_classic_node(node_type: str, cls: type, display_name: str | None = Non
         experimental=bool(getattr(cls, "EXPERIMENTAL", False)),
         inputs_provider=provider,
     )
+
+
+def shape_result(result: Any, outputs: Sequence[Output]) -> Any:
+    """A classic return value in the shape the executor takes: {"ui", "result"} dicts and tuples become a
+    NodeOutput with one value per output. ComfyUI keeps a short return short, and an input linked to a
+    missing output then receives None; padding with None (one None for a list output) gives the same."""
+    ui = None
+    if isinstance(result, dict) and ("ui" in result or "result" in result) and "expand" not in result:
+        values, ui = result.get("result"), result.get("ui")
+        values = () if values is None else values
+    elif isinstance(result, tuple | list):
+        values = result
+    else:
+        return result  # the executor reports anything else
+    if not isinstance(values, tuple | list):
+        return result
+    padded = [*values[: len(outputs)]]
+    padded += [[None] if out.is_list else None for out in outputs[len(padded) :]]
+    return NodeOutput(*padded, ui=ui)
 
 
 def _bound_hook(cls: type, name: str, instance: Callable[[], Any]) -> Callable[..., Any] | None:

@@ -149,6 +149,7 @@ def test_validate_and_nodes(base, capsys):
     assert "CliSteps" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_console_script_is_installed(base):
     """The `diffgraph` entry point from pyproject runs (what README users type)."""
     script = Path(sys.executable).parent / "diffgraph"

@@ -9,6 +9,7 @@ from engine.execution.cache import CachedResult, OutputCache
 from engine.execution.context import InterruptFlag
 from engine.execution.executor import Executor
 from engine.graph.api_format import parse_api_workflow
+from tests.unit.engine.event_sinks import CollectingSink
 
 
 def wf(prompt):
@@ -26,7 +27,7 @@ def seed_graph(seed: int = 1) -> dict:
 
 
 def test_runs_in_dependency_order_and_reports_ui(executor, world):
-    sink = ev.CollectingSink()
+    sink = CollectingSink()
     result = executor.run(wf(seed_graph(7)), sink=sink)
     assert result.ok
     assert result.executed == ["1", "2", "3", "4", "5"]
@@ -40,7 +41,7 @@ def test_runs_in_dependency_order_and_reports_ui(executor, world):
 def test_unchanged_rerun_executes_nothing(executor, world):
     executor.run(wf(seed_graph()))
     world.calls.clear()
-    sink = ev.CollectingSink()
+    sink = CollectingSink()
     result = executor.run(wf(seed_graph()), sink=sink)
     assert result.executed == []
     assert sum(world.calls.values()) == 0
@@ -139,7 +140,7 @@ def test_failing_node_stops_dependents_keeps_finished_and_independent(executor, 
         "4": {"class_type": "Sink", "inputs": {"value": ["3", 0]}},
         "5": {"class_type": "Sink", "inputs": {"value": ["1", 0]}},
     }
-    sink = ev.CollectingSink()
+    sink = CollectingSink()
     result = executor.run(wf(prompt), sink=sink)
     assert result.status == "error"
     assert "1" in result.executed and "5" in result.executed  # independent branch completed
@@ -160,7 +161,7 @@ def test_failing_node_stops_dependents_keeps_finished_and_independent(executor, 
 def test_interrupt_between_nodes(executor, world):
     flag = InterruptFlag()
     flag.set()
-    sink = ev.CollectingSink()
+    sink = CollectingSink()
     result = executor.run(wf(seed_graph()), interrupt=flag, sink=sink)
     assert result.status == "interrupted"
     assert result.executed == []
@@ -174,7 +175,7 @@ def test_interrupt_from_inside_a_long_node(executor, world):
         "3": {"class_type": "Sink", "inputs": {"value": ["2", 0]}},
     }
     flag = InterruptFlag()
-    sink = ev.CollectingSink()
+    sink = CollectingSink()
     timer = threading.Thread(target=lambda: (world.progress_started.wait(5), flag.set()))
     timer.start()
     result = executor.run(wf(prompt), interrupt=flag, sink=sink)

@@ -9,9 +9,16 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[3]
 
+DECLARATIONS_MAY_NOT_IMPORT = (
+    "torch",
+    *("engine.diffusion", "engine.memory", "engine.handles", "engine.execution", "engine.graph"),
+    *("engine.server", "engine.plugins", "engine.api"),
+)
+
 # package prefix -> module prefixes it must never import
 FORBIDDEN = {
-    "engine": ("nodes", "custom_nodes"),
+    # tests/ holds test-only code (e.g. tests/factories, the tiny-checkpoint writer): never runtime.
+    "engine": ("nodes", "custom_nodes", "tests"),
     "engine.diffusion": (
         "engine.graph",
         "engine.execution",
@@ -21,10 +28,27 @@ FORBIDDEN = {
         "engine.runtime",
         "engine.cli",
     ),
+    # Model files are pure torch: reading weight files, config inference and layout conversion live in
+    # engine.diffusion.checkpoints, which imports the models, never the other way round.
+    "engine.diffusion.models": ("engine.diffusion.checkpoints",),
+    "engine.diffusion.text": ("engine.diffusion.checkpoints",),
     "engine.memory": ("engine.graph", "engine.execution", "engine.server", "engine.plugins", "engine.cli"),
-    "engine.graph": ("torch", "engine.diffusion", "engine.memory", "engine.execution", "engine.server"),
-    "engine.execution": ("torch", "engine.diffusion", "engine.memory", "engine.server"),
+    # The engine's own layers take node declarations from engine.declarations; engine.api is for packs.
+    "engine.graph": (
+        "torch",
+        "engine.diffusion",
+        "engine.memory",
+        "engine.execution",
+        "engine.server",
+        "engine.api",
+    ),
+    "engine.execution": ("torch", "engine.diffusion", "engine.memory", "engine.server", "engine.api"),
+    "engine.registry": ("torch", "engine.diffusion", "engine.memory", "engine.server", "engine.api"),
+    "engine.plugins": ("torch", "engine.diffusion", "engine.memory", "engine.server", "engine.api"),
     "engine.api": ("torch", "engine.diffusion", "engine.server"),
+    # What registry, graph, execution and plugins build on: plain declarations, no model stack.
+    "engine.declarations": DECLARATIONS_MAY_NOT_IMPORT,
+    "engine.extensions": DECLARATIONS_MAY_NOT_IMPORT,
     # Runtime model handles (MODEL / CLIP / VAE values) sit on diffusion + memory, below the graph.
     "engine.handles": ("engine.graph", "engine.execution", "engine.server", "engine.plugins", "engine.cli"),
     "engine.imageio": ("torch", "engine.graph", "engine.execution", "engine.server", "engine.diffusion"),
@@ -71,15 +95,29 @@ def test_layers_import_only_downwards():
 
 
 def test_node_packs_use_only_the_public_api():
-    """Nodes declare themselves through engine.api; built-in model nodes reach models through the
-    runtime handles (engine.handles) and image files through engine.imageio, never engine internals."""
-    allowed = ("engine.api", "engine.types", "engine.handles", "engine.imageio")
+    """Node packs import engine.api (its submodules models / sampling / images included) and engine.types,
+    nothing else of the engine; the built-in pack's modules import each other relatively."""
+    allowed = ("engine.api", "engine.types")
     violations = []
     for root in (REPO / "nodes", REPO / "custom_nodes" / "example_pack"):
         for path in sorted(root.rglob("*.py")):
-            for name in imported_modules(path, module_name(path)):
+            # Relative imports resolve inside a neutral package name, so an absolute `nodes` import stands out.
+            parts = [p for p in path.relative_to(root).with_suffix("").parts if p != "__init__"]
+            for name in imported_modules(path, ".".join(["pack", *parts])):
                 public = name == "engine" or any(name == a or name.startswith(a + ".") for a in allowed)
-                if name.startswith("engine") and not public:
+                if name.startswith("engine") and not public or name == "nodes" or name.startswith("nodes."):
+                    violations.append(f"{path.relative_to(REPO)} imports {name}")
+    assert not violations, "\n".join(violations)
+
+
+def test_nothing_imports_the_built_in_pack_as_nodes():
+    """The name `nodes` belongs to ComfyUI's module (for compatible packs): the engine, tests and benchmarks
+    reach the built-in pack through the plugin loader (`builtin_node_module`), never `import nodes`."""
+    violations = []
+    for folder in ("engine", "tests", "benchmarks"):
+        for path in sorted((REPO / folder).rglob("*.py")):
+            for name in imported_modules(path, module_name(path)):
+                if name == "nodes" or name.startswith("nodes."):
                     violations.append(f"{path.relative_to(REPO)} imports {name}")
     assert not violations, "\n".join(violations)
 

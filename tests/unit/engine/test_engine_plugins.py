@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -253,3 +256,124 @@ def test_example_pack_in_repo_loads_both_styles():
         )
     )
     assert result.ui_outputs["2"] == {"text": ["ababab"]}
+
+
+SAMPLER_PACK = """
+from engine import api
+
+
+def sample_plain_steps(denoiser, x, sigmas, *, noise=None, callback=None):
+    for i in range(len(sigmas) - 1):
+        x = denoiser(x, sigmas[i])
+    return x
+
+
+def linear_schedule(model_sampling, steps):
+    return [float(steps - i) for i in range(steps + 1)]
+
+
+api.register_sampler("plugin_plain", sample_plain_steps)
+api.register_scheduler("plugin_linear", linear_schedule)
+api.register_sampler("euler", sample_plain_steps)  # a built-in name: refused, recorded
+
+
+@api.node("ShowSampler", inputs=[api.Input("sampler", api.SAMPLER)], output_node=True)
+def show_sampler(sampler):
+    return api.NodeOutput(ui={"name": [sampler.name]})
+
+
+NODES = [show_sampler]
+"""
+
+
+def _sampler_choices(registry, node_type, name):
+    return registry.node_info(node_type)["input"]["required"][name][0]
+
+
+def test_a_plugin_sampler_appears_in_every_sampler_choice_and_runs(tmp_path):
+    from engine.folders import Folders
+    from engine.runtime import build_runtime
+
+    (tmp_path / "custom_nodes").mkdir()
+    (tmp_path / "custom_nodes" / "sampler_pack.py").write_text(SAMPLER_PACK)
+    runtime = build_runtime(Folders.create(tmp_path), with_models=False)
+    registry = runtime.registry
+    for node_type in ("KSampler", "KSamplerAdvanced", "KSamplerSelect"):
+        choices = _sampler_choices(registry, node_type, "sampler_name")
+        assert choices[0] == "euler" and choices[-1] == "plugin_plain", node_type
+    for node_type in ("KSampler", "KSamplerAdvanced", "BasicScheduler"):
+        assert _sampler_choices(registry, node_type, "scheduler")[-1] == "plugin_linear", node_type
+    pack = runtime.plugins.get("sampler_pack")
+    assert pack is not None and pack.nodes == ["ShowSampler"]
+    assert "already registered" in pack.node_errors["sampler euler"]
+    prompt = {
+        "1": {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "plugin_plain"}},
+        "2": {"class_type": "ShowSampler", "inputs": {"sampler": ["1", 0]}},
+    }
+    result = runtime.executor.run(parse_api_workflow(prompt))
+    assert result.ok, [str(e) for e in result.errors]
+    assert result.ui_outputs["2"] == {"name": ["plugin_plain"]}
+    # Another runtime without the pack has its own library: nothing leaked through a global.
+    plain = build_runtime(Folders.create(tmp_path), load_custom_nodes=False, with_models=False)
+    assert "plugin_plain" not in _sampler_choices(plain.registry, "KSampler", "sampler_name")
+
+
+def test_register_sampler_outside_a_pack_load_is_refused():
+    from engine import api
+
+    with pytest.raises(RuntimeError, match="while a node pack is being loaded"):
+        api.register_sampler("stray", lambda denoiser, x, sigmas, **kw: x)
+
+
+@pytest.mark.slow
+def test_the_built_in_pack_leaves_the_import_name_nodes_free(tmp_path):
+    """ComfyUI's custom-node packs `import nodes` expecting ComfyUI's module: ours must not sit there."""
+    code = (
+        "import importlib.util, sys, tempfile\n"
+        "from engine.folders import Folders\n"
+        "from engine.runtime import build_runtime\n"
+        "runtime = build_runtime(Folders.create(tempfile.mkdtemp()), with_models=False)\n"
+        "assert 'nodes' not in sys.modules, sys.modules['nodes']\n"
+        "assert importlib.util.find_spec('nodes') is None, importlib.util.find_spec('nodes')\n"
+        "module = runtime.registry.get('KSampler').function.__module__\n"
+        "assert module == 'diffgraph_builtin_nodes.sampling', module\n"
+        "assert runtime.registry.node_info('KSampler')['python_module'] == 'nodes'\n"
+    )
+    env = {**os.environ, "PYTHONPATH": ""}
+    completed = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=300, env=env
+    )
+    assert completed.returncode == 0, completed.stderr
+
+
+def test_pyproject_installs_every_engine_package_and_the_pack_under_its_private_name():
+    import tomllib
+
+    config = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    on_disk = {".".join(p.parent.relative_to(REPO).parts) for p in (REPO / "engine").rglob("__init__.py")}
+    listed = set(config["packages"])
+    assert on_disk <= listed, f"add to pyproject.toml's packages: {sorted(on_disk - listed)}"
+    assert "nodes" not in listed and config["package-dir"] == {"diffgraph_builtin_nodes": "nodes"}
+
+
+def test_a_socket_type_typo_in_the_built_in_pack_stops_start_up_naming_the_node(tmp_path):
+    from engine.plugins.loader import BuiltinPackError, PluginReport, load_builtin_pack
+
+    pack = tmp_path / "builtin_with_typo"
+    pack.mkdir()
+    (pack / "__init__.py").write_text("")
+    (pack / "latent.py").write_text(
+        "from engine import api\n\n"
+        '@api.node("EmptyLatentTypo", outputs=["LATNET"])\n'
+        "def empty():\n"
+        "    return (None,)\n\n"
+        "NODES = [empty]\n"
+    )
+    module_name = f"builtin_typo_{abs(hash(str(tmp_path)))}"
+    try:
+        with pytest.raises(BuiltinPackError, match="EmptyLatentTypo") as caught:
+            load_builtin_pack(NodeRegistry(), PluginReport(), module_name, path=pack)
+        assert "LATNET" in str(caught.value)
+    finally:
+        for name in [n for n in sys.modules if n == module_name or n.startswith(module_name + ".")]:
+            del sys.modules[name]

@@ -110,3 +110,57 @@ def test_schema_shape_and_file_choices(tmp_path):
     # Files added later show up without re-registering (no restart).
     (tmp_path / "models" / "checkpoints" / "c.safetensors").write_bytes(b"")
     assert "c.safetensors" in registry.node_info("Loader")["input"]["required"]["ckpt_name"][0]
+
+
+@pytest.mark.parametrize(
+    ("inputs", "outputs", "where"),
+    [
+        ([api.Input("samples", "LATNET")], [], "input 'samples'"),
+        ([], [api.Output("IMAGE,MAKS")], "output 0"),
+    ],
+)
+def test_a_built_in_node_with_an_unknown_socket_type_fails_at_registration(inputs, outputs, where):
+    definition = api.NodeDefinition("Typo", lambda **kw: (), inputs=tuple(inputs), outputs=tuple(outputs))
+    with pytest.raises(NodeDefinitionError, match="unknown socket type") as caught:
+        NodeRegistry().register(definition, source="nodes", builtin=True)
+    assert "'Typo'" in str(caught.value) and where in str(caught.value)
+
+
+def test_a_plugin_may_declare_new_socket_types():
+    @api.node("Detect", inputs=[api.Input("image", api.IMAGE)], outputs=["BBOX", "BBOX,MASK"])
+    def detect(image):
+        return (None, None)
+
+    @api.node("DrawBoxes", inputs=[api.Input("boxes", "BBOX"), api.Input("anything", api.ANY)])
+    def draw(boxes, anything):
+        return ()
+
+    registry = NodeRegistry()
+    registry.register(detect, source="detector_pack")
+    registry.register(draw, source="detector_pack")
+    assert registry.node_info("Detect")["output"] == ["BBOX", "BBOX,MASK"]
+
+
+def test_every_built_in_node_uses_known_socket_types():
+    """The built-in pack registers as built-in: all its types pass the check (none is a typo)."""
+    from engine.plugins.loader import load_all_packs
+
+    registry = NodeRegistry()
+    report = load_all_packs(registry)
+    assert not report.failed() and len(registry) > 80
+
+
+def test_runtime_choices_come_from_their_source_each_time():
+    """Sampler-like choices are asked of the runtime on every schema request, not frozen at registration."""
+    names = ["euler"]
+
+    @api.node("Pick", inputs=[api.Combo("sampler_name", api.SAMPLER_CHOICES, default="euler")])
+    def pick(sampler_name):
+        return ()
+
+    registry = NodeRegistry(choice_sources={"samplers": lambda: list(names)})
+    registry.register(pick, builtin=True)
+    assert registry.node_info("Pick")["input"]["required"]["sampler_name"][0] == ["euler"]
+    names.append("mine")
+    assert registry.node_info("Pick")["input"]["required"]["sampler_name"][0] == ["euler", "mine"]
+    assert NodeRegistry().choices_for(pick.inputs[0]) == []  # a registry without the service: no choices

@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nodes import latent as L
+from tests.unit.nodes.node_support import builtin
+
+L = builtin("latent")
 
 
 def ramp_latent(batch: int = 1, h: int = 4, w: int = 6, channels: int = 4) -> dict:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nodes import mask as M
+from tests.unit.nodes.node_support import builtin
+
+M = builtin("mask")
 
 
 def test_mask_to_image_and_back():

@@ -8,30 +8,16 @@ from typing import Any
 import pytest
 import torch
 
-from engine.diffusion.checkpoints.synthetic import write_tiny_checkpoint
 from engine.errors import WorkflowValidationError
 from engine.folders import Folders
 from engine.graph.api_format import parse_api_workflow
 from engine.memory.devices import MemoryOptions, select_device
 from engine.memory.manager import Location, ModelManager
 from engine.runtime import build_runtime
-from nodes import conditioning as C
-from nodes import loaders as L
+from tests.factories.checkpoints import write_tiny_checkpoint
+from tests.unit.nodes.node_support import builtin, node_context
 
-
-class Ctx:
-    """A hand-made node context: folders, the model manager, recorded progress."""
-
-    def __init__(self, folders: Folders, manager: ModelManager) -> None:
-        self.folders = folders
-        self.services = {"folders": folders, "model_manager": manager}
-        self.reports: list[tuple[int, int, Any]] = []
-
-    def service(self, name: str) -> Any:
-        return self.services[name]
-
-    def progress(self, value: int, total: int, preview: Any = None) -> None:
-        self.reports.append((value, total, preview))
+C, L = (builtin(name) for name in ("conditioning", "loaders"))
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +29,7 @@ def env(tmp_path_factory):
     write_tiny_checkpoint(ck / "novae.safetensors", "sd1", seed=3, with_vae=False)
     (ck / "corrupt.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
     folders = Folders.create(root)
-    ctx = Ctx(folders, ModelManager(select_device(MemoryOptions())))
+    ctx = node_context(folders=folders, manager=ModelManager(select_device(MemoryOptions())))[0]
     sd1 = L.checkpoint_loader_simple(ckpt_name="sd1.safetensors", context=ctx)
     sdxl = L.checkpoint_loader_simple(ckpt_name="sdxl.safetensors", context=ctx)
     return root, ctx, sd1, sdxl
@@ -52,7 +38,7 @@ def env(tmp_path_factory):
 def test_checkpoint_loader_outputs_and_registration(env):
     _, ctx, (model, clip, vae), _ = env
     assert model.family == "sd1" and clip.family == "sd1" and vae.downscale == 2
-    manager = ctx.service("model_manager")
+    manager = ctx.models
     names = [m.name for m in manager.models]
     assert any("UNet" in n for n in names) and any("VAE" in n for n in names)
     assert any("text encoder" in n for n in names)
@@ -63,8 +49,7 @@ def test_checkpoint_loader_outputs_and_registration(env):
 
 def test_checkpoint_without_vae_gives_none_and_vae_node_explains(env):
     _, ctx, _, _ = env
-    from nodes import vae_nodes
-
+    vae_nodes = builtin("vae_nodes")
     model, clip, vae = L.checkpoint_loader_simple(ckpt_name="novae.safetensors", context=ctx)
     assert vae is None and model is not None and clip is not None
     with pytest.raises(ValueError, match="VAELoader"):
@@ -235,7 +220,9 @@ def test_unet_loader_original_and_diffusers_layouts(tmp_path):
     folder.mkdir(parents=True)
     save_file({f"model.diffusion_model.{k}": v for k, v in weights.items()}, folder / "prefixed.safetensors")
     save_file(unet_original_to_diffusers(weights), folder / "diffusers.safetensors")
-    ctx = Ctx(Folders.create(tmp_path), ModelManager(select_device(MemoryOptions())))
+    ctx = node_context(
+        folders=Folders.create(tmp_path), manager=ModelManager(select_device(MemoryOptions()))
+    )[0]
 
     x, t, context = torch.randn(1, 4, 16, 16), torch.tensor([500.0]), torch.randn(1, 77, 768)
     with torch.no_grad():

@@ -7,26 +7,18 @@ from typing import Any
 import pytest
 import torch
 
-from engine.diffusion.checkpoints.synthetic import write_tiny_checkpoint
 from engine.errors import ExecutionInterrupted
 from engine.handles import load_checkpoint_handles
 from engine.memory.devices import MemoryOptions, select_device
 from engine.memory.manager import ModelManager
-from nodes import conditioning as C
-from nodes import custom_sampling as CS
-from nodes import sampling as S
-from nodes import vae_nodes as V
+from tests.factories.checkpoints import write_tiny_checkpoint
+from tests.unit.nodes.node_support import builtin, node_context
+
+C, CS, S, V = (builtin(name) for name in ("conditioning", "custom_sampling", "sampling", "vae_nodes"))
 
 
-class Ctx:
-    def __init__(self, stop_after: int | None = None) -> None:
-        self.reports: list[tuple[int, int, Any]] = []
-        self.stop_after = stop_after
-
-    def progress(self, value: int, total: int, preview: Any = None) -> None:
-        self.reports.append((value, total, preview))
-        if self.stop_after is not None and len(self.reports) >= self.stop_after:
-            raise ExecutionInterrupted("stop")
+def ctx() -> Any:
+    return node_context()[0]
 
 
 @pytest.fixture(scope="module")
@@ -42,29 +34,39 @@ def tiny(tmp_path_factory):
 def ks(model, pos, neg, latent, **kw):
     args = dict(seed=1, steps=3, cfg=5.0, sampler_name="euler", scheduler="normal", denoise=1.0)
     args.update(kw)
+    args.setdefault("context", ctx())
     return S.ksampler(model=model, positive=pos, negative=neg, latent_image=latent, **args)[0]
 
 
+@pytest.mark.slow
 def test_ksampler_seed_progress_preview(tiny):
     model, _, _, pos, neg = tiny
     lat = {"samples": torch.zeros(2, 4, 8, 8)}
-    ctx = Ctx()
-    a = ks(model, pos, neg, lat, context=ctx)
+    context, sink = node_context()
+    a = ks(model, pos, neg, lat, context=context)
     assert a["samples"].shape == (2, 4, 8, 8) and torch.isfinite(a["samples"]).all()
-    assert [r[:2] for r in ctx.reports] == [(1, 3), (2, 3), (3, 3)]
-    preview = ctx.reports[-1][2]
+    assert [r[:2] for r in sink.reports] == [(1, 3), (2, 3), (3, 3)]
+    preview = sink.reports[-1][2]
     assert preview.mode == "RGB" and preview.size == (8, 8)
     assert torch.equal(ks(model, pos, neg, lat)["samples"], a["samples"])
     assert not torch.allclose(ks(model, pos, neg, lat, seed=2)["samples"], a["samples"])
     assert "noise_mask" not in a and lat["samples"].abs().sum() == 0  # input untouched
 
 
+def test_ksampler_renders_previews_only_for_a_sink_that_shows_them(tiny):
+    """The CLI's sink shows no previews: progress is reported every step, no preview is rendered."""
+    model, _, _, pos, neg = tiny
+    context, sink = node_context(previews=False)
+    ks(model, pos, neg, {"samples": torch.zeros(1, 4, 8, 8)}, context=context)
+    assert sink.reports == [(1, 3, None), (2, 3, None), (3, 3, None)]
+
+
 def test_ksampler_interrupt_stops(tiny):
     model, _, _, pos, neg = tiny
-    ctx = Ctx(stop_after=1)
+    context, sink = node_context(stop_after=1)
     with pytest.raises(ExecutionInterrupted):
-        ks(model, pos, neg, {"samples": torch.zeros(1, 4, 8, 8)}, steps=5, context=ctx)
-    assert len(ctx.reports) == 1
+        ks(model, pos, neg, {"samples": torch.zeros(1, 4, 8, 8)}, steps=5, context=context)
+    assert len(sink.reports) == 1
 
 
 def test_ksampler_denoise_and_noise_mask(tiny):
@@ -86,7 +88,7 @@ def test_ksampler_advanced_split_equals_full(tiny):
     model, _, _, pos, neg = tiny
     lat = {"samples": torch.zeros(1, 4, 8, 8)}
     common = dict(model=model, noise_seed=3, steps=4, cfg=4.0, sampler_name="euler", scheduler="normal",
-                  positive=pos, negative=neg)  # fmt: skip
+                  positive=pos, negative=neg, context=ctx())  # fmt: skip
     full = S.ksampler_advanced(add_noise="enable", latent_image=lat, start_at_step=0, end_at_step=10000,
                                return_with_leftover_noise="disable", **common)[0]  # fmt: skip
     first = S.ksampler_advanced(add_noise="enable", latent_image=lat, start_at_step=0, end_at_step=2,
@@ -99,41 +101,42 @@ def test_ksampler_advanced_split_equals_full(tiny):
     assert torch.allclose(full["samples"], same["samples"], atol=1e-5)
 
 
+@pytest.mark.slow
 def test_custom_sampling_matches_ksampler(tiny):
     model, _, _, pos, neg = tiny
     lat = {"samples": torch.zeros(1, 4, 8, 8)}
-    (sampler,) = CS.ksampler_select(sampler_name="euler")
-    (sigmas,) = CS.basic_scheduler(model=model, scheduler="normal", steps=3, denoise=1.0)
+    (sampler,) = CS.ksampler_select(sampler_name="euler", context=ctx())
+    (sigmas,) = CS.basic_scheduler(model=model, scheduler="normal", steps=3, denoise=1.0, context=ctx())
     assert sigmas.shape == (4,) and sigmas[-1] == 0 and bool((sigmas[:-1] > sigmas[1:]).all())
     ref = ks(model, pos, neg, lat, seed=7, cfg=5.0)["samples"]
     out, den = CS.sampler_custom(model=model, add_noise=True, noise_seed=7, cfg=5.0, positive=pos, negative=neg,
-                                 sampler=sampler, sigmas=sigmas, latent_image=lat)  # fmt: skip
+                                 sampler=sampler, sigmas=sigmas, latent_image=lat, context=ctx())  # fmt: skip
     assert torch.allclose(out["samples"], ref, atol=1e-5) and den["samples"].shape == ref.shape
     (noise,) = CS.random_noise(noise_seed=7)
     (guider,) = CS.cfg_guider(model=model, positive=pos, negative=neg, cfg=5.0)
-    ctx = Ctx()
+    context, sink = node_context()
     out2, _ = CS.sampler_custom_advanced(noise=noise, guider=guider, sampler=sampler, sigmas=sigmas,
-                                         latent_image=lat, context=ctx)  # fmt: skip
-    assert torch.allclose(out2["samples"], ref, atol=1e-5) and len(ctx.reports) == 3
+                                         latent_image=lat, context=context)  # fmt: skip
+    assert torch.allclose(out2["samples"], ref, atol=1e-5) and len(sink.reports) == 3
     # DualCFG with cond2 == negative and cfg_cond2_negative=1 reduces to CFG(cond1, negative, cfg_conds).
     (dual,) = CS.dual_cfg_guider(model=model, cond1=pos, cond2=neg, negative=neg, cfg_conds=5.0,
                                  cfg_cond2_negative=1.0, style="regular")  # fmt: skip
     out3, _ = CS.sampler_custom_advanced(
-        noise=noise, guider=dual, sampler=sampler, sigmas=sigmas, latent_image=lat
+        noise=noise, guider=dual, sampler=sampler, sigmas=sigmas, latent_image=lat, context=ctx()
     )
     assert torch.allclose(out3["samples"], ref, rtol=1e-4, atol=1e-3)
     (basic,) = CS.basic_guider(model=model, conditioning=pos)
     (cfg1,) = CS.cfg_guider(model=model, positive=pos, negative=neg, cfg=1.0)
     a = CS.sampler_custom_advanced(
-        noise=noise, guider=basic, sampler=sampler, sigmas=sigmas, latent_image=lat
+        noise=noise, guider=basic, sampler=sampler, sigmas=sigmas, latent_image=lat, context=ctx()
     )[0]
     b = CS.sampler_custom_advanced(
-        noise=noise, guider=cfg1, sampler=sampler, sigmas=sigmas, latent_image=lat
+        noise=noise, guider=cfg1, sampler=sampler, sigmas=sigmas, latent_image=lat, context=ctx()
     )[0]
     assert torch.allclose(a["samples"], b["samples"], atol=1e-6)
     (off,) = CS.disable_noise()
     kept = CS.sampler_custom_advanced(
-        noise=off, guider=basic, sampler=sampler, sigmas=sigmas[:1], latent_image=lat
+        noise=off, guider=basic, sampler=sampler, sigmas=sigmas[:1], latent_image=lat, context=ctx()
     )
     assert torch.equal(kept[0]["samples"], lat["samples"])
 

@@ -1,22 +1,8 @@
-"""The public surface for node authors: built-in nodes and plugins import only this module.
+"""Node declarations: the data a node type is made of (inputs, outputs, hooks) and the `node` decorator.
 
-A node is declared once, as data plus a pure function::
-
-    from engine import api
-
-    @api.node(
-        "ImageInvert",
-        category="image",
-        inputs=[api.Input("image", "IMAGE")],
-        outputs=[api.Output("IMAGE")],
-    )
-    def image_invert(image):
-        return (1.0 - image,)
-
-The decorator returns a `NodeDefinition`; a pack lists its definitions in a module-level `NODES` list.
-Definitions are checked when registered (`NodeRegistry.register`), failing loudly with the node's name.
-Optional hooks are explicit keyword arguments: `fingerprint` (has an external thing changed?),
-`validate` (cross-input checks), `check_lazy` (which lazy inputs are needed now).
+The engine's own layers (registry, graph, execution, plugins) import these from here; node packs reach
+them through `engine.api`, which re-exports them with the rest of the public node surface. Nothing here
+imports torch or any other layer of the engine except the socket type names.
 """
 
 from __future__ import annotations
@@ -24,28 +10,9 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from engine import types as T
-
-if TYPE_CHECKING:
-    from engine.execution.context import ExecutionContext
-
-__all__ = [
-    "ALWAYS_CHANGED",
-    "ExecutionContext",
-    "FileChoices",
-    "Input",
-    "NodeDefinition",
-    "NodeOutput",
-    "Output",
-    "Boolean",
-    "Combo",
-    "Float",
-    "Int",
-    "String",
-    "node",
-]
 
 # Returned by a fingerprint hook to say "never reuse a cached result" (ComfyUI's IS_CHANGED = NaN).
 ALWAYS_CHANGED: Any = float("nan")
@@ -63,7 +30,21 @@ class FileChoices:
     extensions: tuple[str, ...] | None = None
 
 
-ChoicesSpec = Sequence[str] | Callable[[], Sequence[str]] | FileChoices
+@dataclass(frozen=True)
+class RuntimeChoices:
+    """Combo choices a runtime service supplies, resolved when the schema is asked for or a prompt is
+    validated: "samplers" and "schedulers" are the runtime's sampling library, so a sampler a plugin
+    registers shows up in every sampler combo (KSampler, KSamplerSelect...) and in /object_info."""
+
+    kind: str
+
+
+DynamicChoices = FileChoices | RuntimeChoices
+ChoicesSpec = Sequence[str] | Callable[[], Sequence[str]] | DynamicChoices
+ChoicesResolver = Callable[[DynamicChoices], list[str]]
+
+SAMPLER_CHOICES = RuntimeChoices("samplers")
+SCHEDULER_CHOICES = RuntimeChoices("schedulers")
 
 
 @dataclass(frozen=True)
@@ -95,11 +76,11 @@ class Input:
     def is_widget(self) -> bool:
         return self.type in T.WIDGET_TYPES and not self.force_input
 
-    def resolved_choices(self, resolve_files: Callable[[FileChoices], list[str]] | None) -> list[str] | None:
+    def resolved_choices(self, resolve: ChoicesResolver | None) -> list[str] | None:
         if self.choices is None:
             return None
-        if isinstance(self.choices, FileChoices):
-            return resolve_files(self.choices) if resolve_files else []
+        if isinstance(self.choices, FileChoices | RuntimeChoices):
+            return resolve(self.choices) if resolve else []
         if callable(self.choices):
             return list(self.choices())
         return list(self.choices)
@@ -155,7 +136,8 @@ class NodeOutput:
         self.ui = ui
 
 
-# Hidden inputs the executor fills in (ComfyUI's "hidden" section).
+# Hidden inputs the executor fills in (ComfyUI's "hidden" section); the classic adapter maps a pack's
+# hidden names onto the same set.
 HIDDEN_PROMPT = "PROMPT"
 HIDDEN_EXTRA_PNGINFO = "EXTRA_PNGINFO"
 HIDDEN_UNIQUE_ID = "UNIQUE_ID"
@@ -255,13 +237,3 @@ def node(
         )
 
     return decorate
-
-
-def __getattr__(name: str) -> Any:
-    # ExecutionContext lives in the execution layer; re-exported lazily so importing the API stays cheap
-    # and free of cycles.
-    if name == "ExecutionContext":
-        from engine.execution.context import ExecutionContext
-
-        return ExecutionContext
-    raise AttributeError(name)

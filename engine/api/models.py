@@ -1,0 +1,54 @@
+"""Model values for node code: what travels on MODEL / CLIP / VAE / CONTROL_NET / UPSCALE_MODEL sockets,
+the functions that load them from files, and LoRA / ControlNet application (imports torch).
+
+These are the runtime handles of engine.handles, published here so node packs depend on `engine.api`
+only; a node gets the model manager to load into from `context.models`.
+"""
+
+from __future__ import annotations
+
+from engine.handles import (
+    ClipHandle,
+    ModelFileError,
+    ModelHandle,
+    VAEHandle,
+    VAEMissingError,
+    load_checkpoint_handles,
+    load_clip_handle,
+    load_unet_handle,
+    load_vae_handle,
+    require_vae,
+)
+from engine.handles.adapters import (
+    AdapterFileError,
+    ControlNetHandle,
+    UpscaleModelHandle,
+    apply_controlnet,
+    apply_lora,
+    load_controlnet,
+    load_upscale_model,
+    preprocess,
+    upscale_image,
+)
+
+__all__ = [
+    "AdapterFileError",
+    "ClipHandle",
+    "ControlNetHandle",
+    "ModelFileError",
+    "ModelHandle",
+    "UpscaleModelHandle",
+    "VAEHandle",
+    "VAEMissingError",
+    "apply_controlnet",
+    "apply_lora",
+    "load_checkpoint_handles",
+    "load_clip_handle",
+    "load_controlnet",
+    "load_unet_handle",
+    "load_upscale_model",
+    "load_vae_handle",
+    "preprocess",
+    "require_vae",
+    "upscale_image",
+]

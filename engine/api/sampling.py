@@ -1,0 +1,38 @@
+"""Sampling for node code: what the KSampler and custom-sampling nodes call, and the values on the
+SAMPLER / SIGMAS / NOISE / GUIDER sockets (engine.handles.sampling, published here; imports torch).
+
+The sampler and scheduler choices come from the runtime's sampling library, `context.samplers`; packs
+add entries with `api.register_sampler` / `api.register_scheduler`.
+"""
+
+from __future__ import annotations
+
+from engine.handles.sampling import (
+    DisabledNoise,
+    Guider,
+    RandomNoise,
+    SamplingLibrary,
+    custom_sample,
+    exponential_sigmas,
+    flip_sigmas,
+    karras_sigmas,
+    ksample,
+    scheduler_sigmas,
+    sd_turbo_sigmas,
+    split_sigmas,
+)
+
+__all__ = [
+    "DisabledNoise",
+    "Guider",
+    "RandomNoise",
+    "SamplingLibrary",
+    "custom_sample",
+    "exponential_sigmas",
+    "flip_sigmas",
+    "karras_sigmas",
+    "ksample",
+    "scheduler_sigmas",
+    "sd_turbo_sigmas",
+    "split_sigmas",
+]

@@ -217,3 +217,24 @@ def test_lms_coefficients_closed_form():
     assert lms_coefficient(sig, 2, 2, 1) == pytest.approx(((b - t0) ** 2) / (2 * (t1 - t0)))
     # The weights of any order integrate the constant 1 exactly: they sum to the step length.
     assert sum(lms_coefficient(sig, 3 - 1, 3, j) for j in range(3)) == pytest.approx(1.0 - 3.5)
+
+
+def test_lms_last_step_to_zero_returns_the_denoised_estimate():
+    """ComfyUI's lms ends with a plain denoising step when the next sigma is 0. On a schedule with a
+    short step before the last (linear_quadratic's 14.61 -> 14.25 -> 10.50 -> 0) the multistep
+    extrapolation instead amplified that step's derivative tenfold (176/255 off ComfyUI's image)."""
+    from engine.diffusion.sampling.samplers.multistep import sample_lms
+
+    estimates: list[torch.Tensor] = []
+
+    def recording_denoiser(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        # A denoiser whose estimate is off the exact posterior mean, so extrapolation shows.
+        out = exact_denoiser(x, sigma) + 0.3 * torch.sin(3 * x)
+        estimates.append(out)
+        return out
+
+    sigmas = torch.tensor([14.61, 14.25, 10.50, 0.0])
+    x = start(torch.randn(64, generator=torch.Generator().manual_seed(0)), 14.61)
+    result = sample_lms(recording_denoiser, x, sigmas)
+    assert len(estimates) == 3
+    assert torch.equal(result, estimates[-1])

@@ -45,9 +45,14 @@ def sample_lms(
         ds.append(to_d(x, s, den))
         if len(ds) > order:
             ds.pop(0)
+        if sn == 0.0:
+            # The last step to sigma 0 is a plain denoising step (as k-diffusion and ComfyUI): the
+            # polynomial extrapolation would amplify a short previous step (e.g. linear_quadratic).
+            x = den
+            continue
         cur = min(i + 1, order)
-        for j in range(cur):
-            x = x + ds[-1 - j] * lms_coefficient(sig, i, cur, j)
+        # Summed first, then added: the same rounding as ComfyUI's update.
+        x = x + sum(ds[-1 - j] * lms_coefficient(sig, i, cur, j) for j in range(cur))
     return x
 
 

@@ -12,6 +12,7 @@ and Improving Diffusion Models from an Optimization Perspective").
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import torch
 
@@ -86,87 +87,14 @@ def res_multistep(
     return x
 
 
-@torch.no_grad()
-def sample_res_multistep(
-    denoiser: Denoiser,
-    x: torch.Tensor,
-    sigmas: torch.Tensor,
-    *,
-    noise: NoiseSource | None = None,
-    callback: StepCallback | None = None,
-    s_noise: float = 1.0,
-) -> torch.Tensor:
-    return res_multistep(denoiser, x, sigmas, noise=noise, callback=callback, eta=0.0, s_noise=s_noise)
-
-
-@torch.no_grad()
-def sample_res_multistep_cfg_pp(
-    denoiser: Denoiser,
-    x: torch.Tensor,
-    sigmas: torch.Tensor,
-    *,
-    noise: NoiseSource | None = None,
-    callback: StepCallback | None = None,
-    s_noise: float = 1.0,
-) -> torch.Tensor:
-    return res_multistep(
-        denoiser,
-        x,
-        sigmas,
-        noise=noise,
-        callback=callback,
-        eta=0.0,
-        s_noise=s_noise,
-        cfg_pp=True,
-        name="res_multistep_cfg_pp",
-    )
-
-
-@torch.no_grad()
-def sample_res_multistep_ancestral(
-    denoiser: Denoiser,
-    x: torch.Tensor,
-    sigmas: torch.Tensor,
-    *,
-    noise: NoiseSource | None = None,
-    callback: StepCallback | None = None,
-    eta: float = 1.0,
-    s_noise: float = 1.0,
-) -> torch.Tensor:
-    return res_multistep(
-        denoiser,
-        x,
-        sigmas,
-        noise=noise,
-        callback=callback,
-        eta=eta,
-        s_noise=s_noise,
-        name="res_multistep_ancestral",
-    )
-
-
-@torch.no_grad()
-def sample_res_multistep_ancestral_cfg_pp(
-    denoiser: Denoiser,
-    x: torch.Tensor,
-    sigmas: torch.Tensor,
-    *,
-    noise: NoiseSource | None = None,
-    callback: StepCallback | None = None,
-    eta: float = 1.0,
-    s_noise: float = 1.0,
-) -> torch.Tensor:
-    return res_multistep(
-        denoiser,
-        x,
-        sigmas,
-        noise=noise,
-        callback=callback,
-        eta=eta,
-        s_noise=s_noise,
-        cfg_pp=True,
-        name="res_multistep_ancestral_cfg_pp",
-    )
+# The four variants ComfyUI lists are the shared loop with fixed settings (ComfyUI draws noise at scale
+# 0 for the non-ancestral ones: eta = 0 keeps that draw order).
+sample_res_multistep = partial(res_multistep, eta=0.0, name="res_multistep")
+sample_res_multistep_cfg_pp = partial(res_multistep, eta=0.0, cfg_pp=True, name="res_multistep_cfg_pp")
+sample_res_multistep_ancestral = partial(res_multistep, name="res_multistep_ancestral")
+sample_res_multistep_ancestral_cfg_pp = partial(
+    res_multistep, cfg_pp=True, name="res_multistep_ancestral_cfg_pp"
+)
 
 
 @torch.no_grad()

@@ -66,16 +66,25 @@ def build_runtime(
         resolve_files=folders.resolve_choices,
         choice_sources={"samplers": samplers.sampler_names, "schedulers": samplers.scheduler_names},
     )
-    # ComfyUI packs list or write into input/, output/ and temp/ while they import: make them first.
-    plugins = load_all_packs(
-        registry,
-        folders.custom_nodes if load_custom_nodes else (),
-        extensions_target=samplers,
-        prepare=folders.create_directories,
-    )
+    # The services exist before any pack imports: ComfyUI packs query devices and folders at import time.
     all_services: dict[str, Any] = {FOLDERS: folders, SAMPLERS: samplers}
     if with_models:
         all_services.update(memory_services(memory_options))
     all_services.update(services or {})
+
+    def prepare_for_packs() -> None:
+        # ComfyUI packs list or write into input/, output/ and temp/ while they import, and import
+        # ComfyUI's own modules (folder_paths, nodes, comfy.*): make the folders, bind those modules.
+        from engine.comfy_compat.binding import ComfyBinding, install_environment
+
+        folders.create_directories()
+        install_environment(ComfyBinding(folders, registry, all_services))
+
+    plugins = load_all_packs(
+        registry,
+        folders.custom_nodes if load_custom_nodes else (),
+        extensions_target=samplers,
+        prepare=prepare_for_packs,
+    )
     executor = Executor(registry, cache, services=all_services)
     return Runtime(folders, registry, plugins, executor, all_services)

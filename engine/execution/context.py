@@ -9,7 +9,9 @@ accessors are typed `Any` here; engine.api documents what each one is.
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 from engine.errors import ExecutionInterrupted
@@ -118,3 +120,24 @@ class ExecutionContext:
         """The runtime's sampling library (engine.handles.sampling.SamplingLibrary): the samplers and
         schedulers every KSampler-like node chooses from, plugins' included."""
         return self.service(SAMPLERS)
+
+
+# The context of the node running on this thread (or task), for code that cannot take a `context`
+# parameter: ComfyUI-classic packs reach progress and interrupts through module functions
+# (comfy.utils.ProgressBar, comfy.model_management.throw_exception_if_processing_interrupted).
+_RUNNING: ContextVar[ExecutionContext | None] = ContextVar("diffgraph_running_node", default=None)
+
+
+def running_context() -> ExecutionContext | None:
+    """The ExecutionContext of the node being executed here, or None outside a node."""
+    return _RUNNING.get()
+
+
+@contextmanager
+def node_running(context: ExecutionContext) -> Iterator[ExecutionContext]:
+    """Make `context` the running node's context for the duration of the block."""
+    token = _RUNNING.set(context)
+    try:
+        yield context
+    finally:
+        _RUNNING.reset(token)

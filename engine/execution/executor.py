@@ -32,7 +32,7 @@ from engine.declarations import (
 )
 from engine.errors import ExecutionInterrupted, NodeExecutionError
 from engine.execution.cache import CachedResult, OutputCache, content_key, estimate_nbytes, static_key_part
-from engine.execution.context import ExecutionContext, InterruptFlag
+from engine.execution.context import ExecutionContext, InterruptFlag, node_running
 from engine.execution.events import (
     EventSink,
     ExecutionCached,
@@ -291,10 +291,12 @@ class _Run:
         self.sink(NodeExecuting(prompt_id, node.node_id, node.node_type))
         inputs = self._gather(node)
         extra = self._hidden(node)
+        context = self._context(node)
         if definition.wants_context:
-            extra["context"] = self._context(node)
+            extra["context"] = context
         try:
-            outputs, ui = _call_mapped(definition, inputs, extra)
+            with node_running(context):
+                outputs, ui = _call_mapped(definition, inputs, extra)
         except ExecutionInterrupted:
             raise  # `_running` stays set so the interrupted event can name this node
         except Exception as exc:

@@ -30,6 +30,7 @@ from engine.handles.adapters import (
     preprocess,
     upscale_image,
 )
+from engine.handles.flow_loading import load_text_encoders_handle
 
 __all__ = [
     "AdapterFileError",
@@ -46,6 +47,7 @@ __all__ = [
     "load_clip_handle",
     "load_controlnet",
     "load_unet_handle",
+    "load_text_encoders_handle",
     "load_upscale_model",
     "load_vae_handle",
     "preprocess",

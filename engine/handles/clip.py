@@ -10,6 +10,7 @@ import torch
 from engine.diffusion.text.embeddings import EmbeddingLibrary
 from engine.diffusion.text.encoder import SDTextEncoder
 from engine.handles.base import ManagedHandle
+from engine.handles.comfy_surface.clip_vae import ComfyClipMixin
 from engine.memory.manager import ModelManager
 from engine.memory.patcher import ModelPatcher
 
@@ -18,13 +19,15 @@ Conditioning = list[list[Any]]
 log = logging.getLogger(__name__)
 
 
-class ClipHandle(ManagedHandle):
+class ClipHandle(ComfyClipMixin, ManagedHandle):
     """Text encoder(s) on a CLIP socket. `clip_skip` None = the family default layer; -N = N-th from the
     end (ComfyUI's CLIPSetLastLayer value, -1 = last layer). Clones share the weights.
 
     An `embedding:name` the encoder cannot use (missing, refused as an unsafe pickle, made for another
     family) is skipped, as ComfyUI does, but not silently: it is logged as a warning and added to the
-    `warnings` list the caller passes (nodes show those in their UI output)."""
+    `warnings` list the caller passes (nodes show those in their UI output).
+
+    ComfyUI's CLIP methods (tokenize, encode_from_tokens, cond_stage_model...) come from ComfyClipMixin."""
 
     def __init__(
         self,

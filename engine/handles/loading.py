@@ -8,7 +8,7 @@ drop their RAM copy under a RAM budget and re-read it from the (safetensors, mem
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -24,6 +24,7 @@ from engine.diffusion.checkpoints.io import CheckpointError, read_state_dict
 from engine.diffusion.checkpoints.loader import build_unet, load_checkpoint, load_vae
 from engine.diffusion.sampling.model_sampling import model_sampling_for
 from engine.diffusion.text.embeddings import EmbeddingLibrary
+from engine.handles import flow_loading as flow
 from engine.handles.clip import ClipHandle
 from engine.handles.model import ModelHandle
 from engine.handles.vae import VAEHandle
@@ -122,14 +123,25 @@ def load_checkpoint_handles(
     prediction_type: str | None = None,
     want_vae: bool = True,
     want_clip: bool = True,
+    text_encoder_folders: Sequence[str | os.PathLike[str]] = (),
 ) -> tuple[ModelHandle, ClipHandle | None, VAEHandle | None]:
-    """(MODEL, CLIP, VAE) of a single-file checkpoint (or diffusers folder).
+    """(MODEL, CLIP, VAE) of a single-file checkpoint (or diffusers folder); SD3/SD3.5 and FLUX.1 files
+    go to `flow_loading` (`text_encoder_folders`: where their T5 vocabulary may be, see there).
 
     CLIP / VAE are None when the file has none (or when not wanted); a node that needs them then raises
     `VAEMissingError` through `engine.handles.require_vae`. Raises CheckpointError (naming the file) for
     unusable files.
     """
     p = Path(path)
+    if flow.is_flow_file(p):
+        return flow.load_flow_checkpoint_handles(
+            p,
+            manager=manager,
+            embeddings_folder=embeddings_folder,
+            text_encoder_folders=text_encoder_folders,
+            want_vae=want_vae,
+            want_clip=want_clip,
+        )
     components = ["unet"] + (["text"] if want_clip else []) + (["vae"] if want_vae else [])
     # Each component is read straight into its role's storage dtype: reading everything in the UNet's
     # (bf16, fp8) and casting VAE / text encoder back up would round their weights.
@@ -188,6 +200,10 @@ def load_clip_handle(
     from engine.diffusion.text.encoder import SDTextEncoder
 
     p = Path(path)
+    if clip_type in flow.FLOW_CLIP_TYPES:
+        return flow.load_text_encoders_handle(
+            [p], manager=manager, clip_type=clip_type, embeddings_folder=embeddings_folder
+        )
     if clip_type not in ("stable_diffusion", "sd1", "sd2"):
         raise CheckpointError(
             p,
@@ -220,12 +236,24 @@ def load_clip_handle(
 
 
 def load_unet_handle(
-    path: str | os.PathLike[str], *, manager: ModelManager, prediction_type: str | None = None
+    path: str | os.PathLike[str],
+    *,
+    manager: ModelManager,
+    prediction_type: str | None = None,
+    weight_dtype: str = "default",
 ) -> ModelHandle:
     """A bare UNet file for UNETLoader: original layout (`input_blocks.*`, with or without
     'model.diffusion_model.') or diffusers layout (`down_blocks.*`). The family is inferred from the UNet
     alone (cross-attention width and ADM size), so only real-sized SD1/SD2/SDXL UNets are recognised."""
     p = Path(path)
+    if flow.is_flow_file(p):  # SD3/SD3.5 and FLUX.1 transformers; weight_dtype: see flow_loading
+        return flow.load_flow_unet_handle(p, manager=manager, weight_dtype=weight_dtype)
+    if flow.fp8_storage_for(weight_dtype) is not None:
+        # The UNet reads its dtype from its first layer, which fp8 storage would make an fp8 input cast.
+        raise CheckpointError(
+            p,
+            f"weight_dtype {weight_dtype!r} is supported for SD3/SD3.5 and FLUX.1 models; use 'default' here",
+        )
     dtype = _storage_dtype(manager, ModelRole.UNET)
     sd = read_state_dict(p, dtype=dtype)
     if any(k.startswith(UNET_PREFIX) for k in sd):

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 
+from engine.diffusion.models import latent_formats
 from engine.diffusion.models import sdxl_conditioning as sdxl
+from engine.diffusion.models.latent_formats import LatentFormat
 from engine.diffusion.sampling.diffusion_model import AdmBuilder, DiffusionModel
 from engine.diffusion.sampling.model_sampling import ModelSampling
 from engine.diffusion.sampling.preview import latent_to_rgb
 from engine.handles.base import ManagedHandle
+from engine.handles.comfy_surface.extension import (
+    ComfyPatcherExtensionsMixin,
+    ComfyPatcherLifecycleMixin,
+)
+from engine.handles.comfy_surface.patcher import ComfyModelPatcherMixin
 from engine.memory.manager import ModelManager
 from engine.memory.patcher import ModelPatcher
 
@@ -59,13 +65,16 @@ def adm_builder_for(family: str) -> AdmBuilder | None:
     return None
 
 
-class ModelHandle(ManagedHandle):
+class ModelHandle(
+    ComfyModelPatcherMixin, ComfyPatcherExtensionsMixin, ComfyPatcherLifecycleMixin, ManagedHandle
+):
     """A diffusion model as it travels on a MODEL socket.
 
-    `patcher` wraps the UNet (registered with `manager`); `model_options` holds per-clone options such as
-    `"transformer_options"` (attention patches) that sampling passes to the UNet. `clone()` shares the
-    UNet weights and copies the patch list and options, so LoRA-style nodes can modify a clone without
-    touching the original.
+    `patcher` wraps the UNet (registered with `manager`); `model_options` holds per-clone options in
+    ComfyUI's layout (`"transformer_options"` with the UNet patches, the guidance hooks...) that sampling
+    hands to the UNet and the guidance. `clone()` shares the UNet weights and copies the patch list and
+    options, so LoRA-style nodes can modify a clone without touching the original. ComfyUI's ModelPatcher
+    methods (set_model_attn2_replace, add_object_patch, `.model`...) come from ComfyModelPatcherMixin.
     """
 
     def __init__(
@@ -90,6 +99,9 @@ class ModelHandle(ManagedHandle):
         # Pixels per latent pixel of the VAE this model was trained with (8 for every real SD family).
         self.vae_downscale = vae_downscale
         self.model_options: dict[str, Any] = model_options if model_options is not None else {}
+        self.model_options.setdefault("transformer_options", {})
+        self._init_comfy_state()
+        self._init_extensions()
 
     # ---- identity and variants -------------------------------------------------------------
     @property
@@ -98,15 +110,18 @@ class ModelHandle(ManagedHandle):
 
     def clone(self) -> ModelHandle:
         c = super().clone()
-        opts = dict(self.model_options)
-        if "transformer_options" in opts:
-            opts["transformer_options"] = copy.deepcopy(opts["transformer_options"])
-        c.model_options = opts
+        c._clone_comfy_state(self)
+        c._clone_extensions(self)
         return c
 
     @property
     def transformer_options(self) -> dict[str, Any]:
         return self.model_options.setdefault("transformer_options", {})
+
+    @property
+    def latent_format(self) -> LatentFormat:
+        """How LATENT values (raw VAE latents) map into this model's space: the family's scale and shift."""
+        return latent_formats.for_family(str(self.family))
 
     # ---- use --------------------------------------------------------------------------------
     @property
@@ -121,6 +136,8 @@ class ModelHandle(ManagedHandle):
             adm_builder=self.adm_builder,
             inpaint_concat=self.inpaint_concat,
             latent_channels=self.latent_channels,
+            base_model=self.model,
+            latent_format=self.latent_format,
         )
 
     # ---- previews -----------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from engine.diffusion.models.latent_formats import latent_in
 from engine.diffusion.sampling import ksampler, schedulers
 from engine.diffusion.sampling.guidance import CFGDenoiser, prepare_denoise_mask
 from engine.diffusion.sampling.registry import SamplerRegistry, SamplerSpec, SchedulerRegistry
@@ -161,7 +162,7 @@ def ksample(
             seed=seed,
             samplers=library.samplers,
             schedulers=library.schedulers,
-            transformer_options=model.model_options.get("transformer_options"),
+            model_options=model.sampling_options(),
         )
     return _with_samples(latent, out.to("cpu", torch.float32))
 
@@ -267,7 +268,7 @@ class Guider:
             "like": like,
             "latent_image": latent_image,
             "denoise_mask": denoise_mask,
-            "transformer_options": self.model.model_options.get("transformer_options"),
+            "model_options": self.model.sampling_options(),
         }
         if self.kind == "basic":
             return CFGDenoiser(dm, self.conds["positive"], None, 1.0, **kw)
@@ -290,7 +291,9 @@ def custom_sample(
     report: Report | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """SamplerCustomAdvanced: (output LATENT, denoised_output LATENT). `denoised_output` is the model's
-    last clean-latent estimate (equal to the output when no step ran)."""
+    last clean-latent estimate (equal to the output when no step ran). The LATENT's raw samples go into
+    the model's space with its latent format (an all-zero latent as is) and both results come back out,
+    as ComfyUI does; the noise is not scaled."""
     model = guider.model
     samples = _samples(latent)
     _check_channels(model, samples)
@@ -300,8 +303,9 @@ def custom_sample(
     initial = noise.generate(latent)
     device = model.device
     reporter = StepReporter(model, report)
+    fmt = model.latent_format
     with model.use():
-        lat = samples.to(device, torch.float32)
+        lat = latent_in(fmt, samples.to(device, torch.float32))
         mask = latent.get("noise_mask")
         mask = prepare_denoise_mask(mask, lat) if mask is not None else None
         den = guider.denoiser(lat, latent_image=lat, denoise_mask=mask)
@@ -309,9 +313,9 @@ def custom_sample(
         out = ksampler.sample_custom(
             den, sampler, sigmas, initial.to(device), lat, reporter, noise_mask=mask, seed=seed
         )
-    out = out.to("cpu", torch.float32)
+    out = fmt.process_out(out.to("cpu", torch.float32))
     last = reporter.last_denoised
-    denoised = last.to("cpu", torch.float32) if last is not None else out.clone()
+    denoised = fmt.process_out(last.to("cpu", torch.float32)) if last is not None else out.clone()
     return _with_samples(latent, out), _with_samples(latent, denoised)
 
 
@@ -328,3 +332,28 @@ def flip_sigmas(sigmas: torch.Tensor) -> torch.Tensor:
     if math.isclose(float(out[0]), 0.0):
         out[0] = 1e-4
     return out
+
+
+# ---- SAMPLER / SIGMAS for the custom-sampling option nodes ----------------------------------------
+
+
+def beta_sigmas(model: ModelHandle, steps: int, alpha: float, beta: float) -> torch.Tensor:
+    """BetaSamplingScheduler: the beta schedule over the model's timesteps with Beta(alpha, beta)."""
+    return schedulers.beta(model.model_sampling, steps, alpha, beta).float()
+
+
+def lcm_upscale_sampler(
+    resize: Callable[[torch.Tensor, int, int], torch.Tensor], total_upscale: float, upscale_steps: int | None
+) -> SamplerSpec:
+    """SamplerLCMUpscale's SAMPLER: LCM that resizes its estimate with `resize` over the first steps."""
+    from engine.diffusion.sampling.samplers.extra import sample_lcm_upscale
+
+    options = (("resize", resize), ("total_upscale", total_upscale), ("upscale_steps", upscale_steps))
+    return SamplerSpec("lcm_upscale", sample_lcm_upscale, "gaussian", options=options)
+
+
+def euler_cfg_pp_alternative_sampler() -> SamplerSpec:
+    """SamplerEulerCFG++ "alternative": Euler along (x − 2·D_cfg + D_uncond)/sigma."""
+    from engine.diffusion.sampling.samplers.extra import sample_euler_cfg_pp_alternative
+
+    return SamplerSpec("euler_cfg_pp_alternative", sample_euler_cfg_pp_alternative)

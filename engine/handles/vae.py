@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from engine.handles.base import ManagedHandle
+from engine.handles.comfy_surface.clip_vae import ComfyVaeMixin
 from engine.memory import oom
 from engine.memory.manager import ModelManager
 from engine.memory.patcher import ModelPatcher
@@ -24,9 +25,11 @@ def require_vae(vae: VAEHandle | None) -> VAEHandle:
     return vae
 
 
-class VAEHandle(ManagedHandle):
+class VAEHandle(ComfyVaeMixin, ManagedHandle):
     """A KL autoencoder behind the memory manager. Images follow ComfyUI's IMAGE convention
-    (float32, channels last, 0..1); latents are the scaled latents the samplers see."""
+    (float32, channels last, 0..1); latents are raw VAE latents, ComfyUI's LATENT space (the sampler maps
+    them into the model's space, see engine.diffusion.models.latent_formats). ComfyUI's VAE attributes
+    (first_stage_model, decode_tiled...) come from ComfyVaeMixin."""
 
     def __init__(self, patcher: ModelPatcher, *, manager: ModelManager, name: str = "vae") -> None:
         super().__init__(patcher, manager=manager, name=name)
@@ -57,7 +60,7 @@ class VAEHandle(ManagedHandle):
         return image[:, y : y + nh, x : x + nw, :]
 
     def encode(self, image: torch.Tensor, *, tile_size: int | None = None, overlap: int = 64) -> torch.Tensor:
-        """IMAGE (B, H, W, C>=3) in 0..1 -> latents (B, 4, H/f, W/f) on the CPU, float32.
+        """IMAGE (B, H, W, C>=3) in 0..1 -> raw latents (B, C, H/f, W/f) on the CPU, float32.
 
         Without `tile_size` the whole image is encoded, falling back to tiles on out-of-memory."""
         if image.ndim != 4 or image.shape[-1] < 3:
@@ -83,7 +86,7 @@ class VAEHandle(ManagedHandle):
     def decode(
         self, latent: torch.Tensor, *, tile_size: int | None = None, overlap: int = 64
     ) -> torch.Tensor:
-        """Latents (B, 4, h, w) -> IMAGE (B, h*f, w*f, 3) in 0..1 (clamped) on the CPU, float32."""
+        """Raw latents (B, C, h, w) -> IMAGE (B, h*f, w*f, 3) in 0..1 (clamped) on the CPU, float32."""
         if latent.ndim != 4:
             raise ValueError(
                 f"VAE decode expects latents (batch, channels, height, width), got {tuple(latent.shape)}"

@@ -68,7 +68,8 @@ def tiny_vae16_state_dict(family: str, seed: int = 0) -> dict[str, torch.Tensor]
 def tiny_text_state_dicts(family: str, seed: int = 0) -> dict[str, dict[str, torch.Tensor]]:
     """The text encoders of an all-in-one file, per kind, keys after ``text_encoders.<kind>.transformer.``."""
     context = mmdit.TINY.context_in_dim if family == "sd3" else flux.TINY.context_in_dim
-    t5_cfg = t5.TINY.replace(d_model=context, num_heads=context // t5.TINY.d_kv)
+    # 160 ids: room for a tiny trained SentencePiece vocabulary with T5's 100 extra ids (t5_fixtures).
+    t5_cfg = t5.TINY.replace(d_model=context, num_heads=context // t5.TINY.d_kv, vocab_size=160)
     out = {"t5xxl": _module_state(t5.T5EncoderModel(t5_cfg), seed + 3)}
     if family == "sd3":
         out["clip_l"] = random_state_dict(clip_text_shapes(8, 1, projection=8), seed=seed + 1)
@@ -144,3 +145,27 @@ def write_flux_ae(path: str | Path, seed: int = 0) -> dict[str, torch.Tensor]:
     sd = tiny_vae16_state_dict("flux", seed)
     save_file(sd, str(path))
     return sd
+
+
+TEXT_FILE_NAMES = {
+    "clip_l": "clip_l.safetensors",
+    "clip_g": "clip_g.safetensors",
+    "t5xxl": "t5xxl_fp16.safetensors",
+}
+
+
+def write_text_encoder_files(
+    folder: str | Path, family: str, *, seed: int = 0, t5_fp8_scaled: bool = False
+) -> dict[str, Path]:
+    """The family's text encoders as standalone files (``models/text_encoders``), in the layouts ComfyUI's
+    ``clip_l.safetensors`` / ``clip_g.safetensors`` / ``t5xxl_*.safetensors`` use (model keys, no prefix);
+    the same weights as an all-in-one file of the same ``seed`` holds. Returns kind -> path."""
+    out = {}
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    for kind, sd in tiny_text_state_dicts(family, seed + 7).items():
+        name = TEXT_FILE_NAMES[kind]
+        if kind == "t5xxl" and t5_fp8_scaled:
+            sd, name = scale_to_fp8(sd), "t5xxl_fp8_e4m3fn_scaled.safetensors"
+        out[kind] = Path(folder) / name
+        save_file(sd, str(out[kind]))
+    return out

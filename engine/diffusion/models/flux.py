@@ -26,6 +26,7 @@ Forward contract: ``Flux.forward(x, timesteps, context, y, guidance=None)``
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -211,13 +212,16 @@ class DoubleStreamBlock(nn.Module):
         tm = self.txt_mod(vec)
         iq, ik, iv = self.img_attn.qkv_heads(modulate(layer_norm(img), im[0], im[1]))
         tq, tk, tv = self.txt_attn.qkv_heads(modulate(layer_norm(txt), tm[0], tm[1]))
-        joint = attention(
-            torch.cat((tq, iq), dim=2), torch.cat((tk, ik), dim=2), torch.cat((tv, iv), dim=2), pe
-        )  # (B, L+N, dim)
+        q, k, v = (torch.cat(pair, dim=2) for pair in ((tq, iq), (tk, ik), (tv, iv)))
+        del iq, ik, iv, tq, tk, tv  # views of the qkv projections: freed before attention runs
+        joint = attention(q, k, v, pe)  # (B, L+N, dim)
+        del q, k, v
         n_txt = txt.shape[1]
+        # Both attention outputs first, so the joint tensor is freed before the MLPs run (lower peak).
         img = img + im[2][:, None] * self.img_attn.proj(joint[:, n_txt:])
-        img = img + im[5][:, None] * self.img_mlp(modulate(layer_norm(img), im[3], im[4]))
         txt = txt + tm[2][:, None] * self.txt_attn.proj(joint[:, :n_txt])
+        del joint
+        img = img + im[5][:, None] * self.img_mlp(modulate(layer_norm(img), im[3], im[4]))
         txt = txt + tm[5][:, None] * self.txt_mlp(modulate(layer_norm(txt), tm[3], tm[4]))
         return img, _finite_fp16(txt)
 
@@ -241,8 +245,14 @@ class SingleStreamBlock(nn.Module):
         shift, scale, gate = self.modulation(vec)
         qkv, mlp = self.linear1(modulate(layer_norm(x), shift, scale)).split(self.split, dim=-1)
         q, k, v = (split_heads(t, self.heads) for t in qkv.chunk(3, dim=-1))  # (B, heads, L+N, d)
-        attn = attention(self.norm.query_norm(q), self.norm.key_norm(k), v, pe)  # (B, L+N, dim)
-        out = self.linear2(torch.cat((attn, F.gelu(mlp, approximate="tanh")), dim=-1))
+        # Nothing may view linear1's (wide) output during attention, so that it is freed first: the
+        # normed q/k and the MLP activation are new tensors, v is copied out.
+        q, k, v = self.norm.query_norm(q), self.norm.key_norm(k), v.contiguous()
+        mlp = F.gelu(mlp, approximate="tanh")
+        del qkv
+        attn = attention(q, k, v, pe)  # (B, L+N, dim)
+        del q, k, v
+        out = self.linear2(torch.cat((attn, mlp), dim=-1))
         return _finite_fp16(x + gate[:, None] * out)
 
 
@@ -285,7 +295,8 @@ class Flux(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.img_in.weight.dtype
+        # The bias: fp8 storage (engine.memory.dtypes.store_weights_as) converts matmul weights only.
+        return self.img_in.bias.dtype
 
     def _embed_time(self, t: torch.Tensor) -> torch.Tensor:
         return timestep_embedding(t * TIME_FACTOR, TIMESTEP_FEATURES).to(self.dtype)  # (B,) -> (B, 256)
@@ -299,8 +310,14 @@ class Flux(nn.Module):
         timesteps: torch.Tensor,
         y: torch.Tensor,
         guidance: torch.Tensor | None = None,
+        blocks_replace: Mapping[tuple[str, int], Any] | None = None,
     ) -> torch.Tensor:
-        """Packed tokens in, packed tokens out: img (B, N, C*p*p) with ids (B, N, 3), txt (B, L, ctx)."""
+        """Packed tokens in, packed tokens out: img (B, N, C*p*p) with ids (B, N, 3), txt (B, L, ctx).
+
+        ``blocks_replace``: ComfyUI's "dit" block patches run instead of a block, ``("double_block", i)``:
+        ``fn({"img", "txt", "vec", "pe", "attn_mask"}, {"original_block": f}) -> {"img", "txt"}``,
+        ``("single_block", i)``: ``fn({"img", "vec", "pe", "attn_mask"}, ...) -> {"img"}`` (img = the
+        joint text + image sequence there); skip-layer guidance returns the input unchanged."""
         vec = self.time_in(self._embed_time(timesteps))  # (B, dim)
         if self.guidance_in is not None and guidance is not None:
             vec = vec + self.guidance_in(self._embed_time(guidance))
@@ -308,11 +325,18 @@ class Flux(nn.Module):
         x = self.img_in(img)  # (B, N, dim)
         ctx = self.txt_in(txt)  # (B, L, dim)
         pe = rope(torch.cat((txt_ids, img_ids), dim=1), self.config.axes_dim, self.config.theta)
-        for block in self.double_blocks:
-            x, ctx = block(x, ctx, vec, pe)
+        replace = blocks_replace or {}
+        for i, block in enumerate(self.double_blocks):
+            if ("double_block", i) in replace:
+                x, ctx = _replaced_double(replace[("double_block", i)], block, x, ctx, vec, pe)
+            else:
+                x, ctx = block(x, ctx, vec, pe)
         joint = torch.cat((ctx, x), dim=1)  # (B, L+N, dim)
-        for single in self.single_blocks:
-            joint = single(joint, vec, pe)
+        for i, single in enumerate(self.single_blocks):
+            if ("single_block", i) in replace:
+                joint = _replaced_single(replace[("single_block", i)], single, joint, vec, pe)
+            else:
+                joint = single(joint, vec, pe)
         return self.final_layer(joint[:, ctx.shape[1] :], vec)  # (B, N, p*p*C_out)
 
     def forward(
@@ -322,6 +346,7 @@ class Flux(nn.Module):
         context: torch.Tensor,
         y: torch.Tensor,
         guidance: torch.Tensor | None = None,
+        blocks_replace: Mapping[tuple[str, int], Any] | None = None,
     ) -> torch.Tensor:
         out_dtype = x.dtype
         b, c, height, width = x.shape
@@ -336,8 +361,36 @@ class Flux(nn.Module):
         if guidance is not None:
             g = guidance.reshape(-1).expand(b) if guidance.numel() == 1 else guidance
         out = self.forward_tokens(
-            img, image_ids(b, h, w, x.device), context.to(self.dtype), txt_ids, t, y.to(self.dtype), g
+            img,
+            image_ids(b, h, w, x.device),
+            context.to(self.dtype),
+            txt_ids,
+            t,
+            y.to(self.dtype),
+            g,
+            blocks_replace=blocks_replace,
         )
         co = self.config.out_channels
         out = out.reshape(b, h, w, co, p, p).permute(0, 3, 1, 4, 2, 5).reshape(b, co, h * p, w * p)
         return out[:, :, :height, :width].to(out_dtype)
+
+
+def _replaced_double(
+    fn: Any, block: nn.Module, x: torch.Tensor, ctx: torch.Tensor, vec: torch.Tensor, pe: Any
+) -> tuple[torch.Tensor, torch.Tensor]:
+    def original(args: dict[str, Any]) -> dict[str, Any]:
+        img, txt = block(args["img"], args["txt"], args["vec"], args["pe"])
+        return {"img": img, "txt": txt}
+
+    out = fn({"img": x, "txt": ctx, "vec": vec, "pe": pe, "attn_mask": None}, {"original_block": original})
+    return out["img"], out["txt"]
+
+
+def _replaced_single(
+    fn: Any, block: nn.Module, joint: torch.Tensor, vec: torch.Tensor, pe: Any
+) -> torch.Tensor:
+    def original(args: dict[str, Any]) -> dict[str, Any]:
+        return {"img": block(args["img"], args["vec"], args["pe"])}
+
+    out = fn({"img": joint, "vec": vec, "pe": pe, "attn_mask": None}, {"original_block": original})
+    return out["img"]

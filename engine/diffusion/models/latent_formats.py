@@ -1,9 +1,10 @@
-"""Latent formats of the 16-channel VAEs: how raw VAE latents map to the space the diffusion model sees.
+"""Latent formats: how raw VAE latents map to the space the diffusion model sees.
 
-SD3 and FLUX.1 normalise their latents with a shift as well as a scale (values as in ComfyUI's
-``comfy/latent_formats.py`` and the diffusers VAE configs ``scaling_factor`` / ``shift_factor``):
-``model_latent = (vae_latent - shift) * scale`` and back ``vae_latent = model_latent / scale + shift``.
-The SD1/SD2/SDXL formats have no shift; their scale lives in ``VAEConfig.scaling_factor``.
+diffgraph's LATENT values hold raw VAE latents, as ComfyUI's do; the sampler maps them into the model's
+normalised space on the way in (``model_latent = (vae_latent - shift) * scale``) and back on the way out
+(``vae_latent = model_latent / scale + shift``). SD1/SD2 scale by 0.18215 (LDM paper appendix), SDXL by
+0.13025 (sd_xl_base.yaml); SD3 and FLUX.1 also shift (values as in ComfyUI's ``comfy/latent_formats.py``
+and the diffusers VAE configs ``scaling_factor`` / ``shift_factor``).
 """
 
 from __future__ import annotations
@@ -29,5 +30,33 @@ class LatentFormat:
         return latent / self.scale_factor + self.shift_factor
 
 
+# A model of unknown family: latents pass unchanged (ComfyUI's base LatentFormat, scale 1).
+IDENTITY = LatentFormat("identity", channels=4, scale_factor=1.0)
+SD15 = LatentFormat("sd15", channels=4, scale_factor=0.18215)
+SDXL = LatentFormat("sdxl", channels=4, scale_factor=0.13025)
 SD3 = LatentFormat("sd3", channels=16, scale_factor=1.5305, shift_factor=0.0609)
 FLUX = LatentFormat("flux", channels=16, scale_factor=0.3611, shift_factor=0.1159)
+
+# diffgraph's model family names (ModelHandle.family) -> their latent format.
+FAMILY_FORMATS: dict[str, LatentFormat] = {
+    "sd1": SD15,
+    "sd2": SD15,
+    "sd2_v": SD15,
+    "sdxl": SDXL,
+    "sdxl_refiner": SDXL,
+    "sd3": SD3,
+    "flux": FLUX,
+}
+
+
+def for_family(family: str) -> LatentFormat:
+    """The latent format of a model family; IDENTITY for a family not listed."""
+    return FAMILY_FORMATS.get(family, IDENTITY)
+
+
+def latent_in(fmt: LatentFormat, latent: torch.Tensor) -> torch.Tensor:
+    """A LATENT's samples into model space for sampling. An all-zero latent (an empty latent image) is
+    left as it is, as ComfyUI's CFGGuider does: shifting it would start SD3/Flux txt2img off zero."""
+    if not torch.any(latent != 0):
+        return latent
+    return fmt.process_in(latent)

@@ -182,14 +182,19 @@ class DismantledBlock(nn.Module):
             qkv2 = self.attn2.qkv_heads(modulate(normed, mod[6], mod[7]))
         return qkv, qkv2
 
-    def post_attention(
+    def add_attention(
         self, x: torch.Tensor, attn: torch.Tensor, attn2: torch.Tensor | None, mod: tuple[torch.Tensor, ...]
     ) -> torch.Tensor:
-        assert self.attn.proj is not None and self.mlp is not None
+        """The gated attention output(s) added to the stream (first half of the block's tail)."""
+        assert self.attn.proj is not None
         x = x + mod[2][:, None] * self.attn.proj(attn)  # attn: (B, N, dim)
         if self.attn2 is not None and attn2 is not None:
             assert self.attn2.proj is not None
             x = x + mod[8][:, None] * self.attn2.proj(attn2)
+        return x
+
+    def add_mlp(self, x: torch.Tensor, mod: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        assert self.mlp is not None
         return x + mod[5][:, None] * self.mlp(modulate(layer_norm(x), mod[3], mod[4]))
 
 
@@ -214,13 +219,20 @@ class JointBlock(nn.Module):
             torch.cat((cq, xq), dim=2), torch.cat((ck, xk), dim=2), torch.cat((cv, xv), dim=2)
         )
         joint = merge_heads(joint)  # (B, L+N, dim)
+        # q/k/v view the qkv projections: dropped here so those are freed before the MLPs run.
+        del cq, ck, cv, xq, xk, xv
         x_attn2 = None
         if x_qkv2 is not None:
             x_attn2 = merge_heads(F.scaled_dot_product_attention(*x_qkv2))  # image-only: (B, N, dim)
-        x = self.x_block.post_attention(x, joint[:, n_ctx:], x_attn2, x_mod)
-        if self.context_block.pre_only:
-            return None, x
-        return self.context_block.post_attention(context, joint[:, :n_ctx], None, ctx_mod), x
+            del x_qkv2
+        # Both streams' attention outputs before either MLP, so the joint tensor is freed first.
+        x = self.x_block.add_attention(x, joint[:, n_ctx:], x_attn2, x_mod)
+        out_ctx = None
+        if not self.context_block.pre_only:
+            out_ctx = self.context_block.add_attention(context, joint[:, :n_ctx], None, ctx_mod)
+        del joint, x_attn2
+        x = self.x_block.add_mlp(x, x_mod)
+        return (None if out_ctx is None else self.context_block.add_mlp(out_ctx, ctx_mod)), x
 
 
 class FinalLayer(nn.Module):
@@ -251,7 +263,8 @@ class MMDiT(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.context_embedder.weight.dtype
+        # The bias: fp8 storage (engine.memory.dtypes.store_weights_as) converts matmul weights only.
+        return self.context_embedder.bias.dtype
 
     def cropped_pos_embed(self, h: int, w: int) -> torch.Tensor:
         """The centre ``h x w`` window of the stored position grid, as tokens (1, h*w, hidden)."""
@@ -278,7 +291,11 @@ class MMDiT(nn.Module):
         context: torch.Tensor | None = None,
         y: torch.Tensor | None = None,
         control: Mapping[str, list[torch.Tensor | None]] | None = None,
+        blocks_replace: Mapping[tuple[str, int], Any] | None = None,
     ) -> torch.Tensor:
+        """``blocks_replace``: ComfyUI's "dit" block patches, ``{("double_block", i): fn}`` with
+        ``fn({"txt", "img", "vec"}, {"original_block": f}) -> {"txt", "img"}`` run instead of joint block i
+        (skip-layer guidance returns its input: the block is skipped)."""
         out_dtype = x.dtype
         b, _, height, width = x.shape
         p = self.config.patch_size
@@ -294,10 +311,25 @@ class MMDiT(nn.Module):
         else:
             ctx = self.context_embedder(context.to(self.dtype))  # (B, L, hidden)
         residuals = list((control or {}).get("output") or [])
+        replace = blocks_replace or {}
         for i, block in enumerate(self.joint_blocks):
             assert ctx is not None
-            ctx, tokens = block(ctx, tokens, c)
+            if ("double_block", i) in replace:
+                ctx, tokens = _replaced_block(replace[("double_block", i)], block, ctx, tokens, c)
+            else:
+                ctx, tokens = block(ctx, tokens, c)
             if i < len(residuals) and residuals[i] is not None:
                 tokens = tokens + residuals[i]
         out = self.unpatchify(self.final_layer(tokens, c), h, w)  # (B, C_out, h*p, w*p)
         return out[:, :, :height, :width].to(out_dtype)
+
+
+def _replaced_block(
+    fn: Any, block: nn.Module, ctx: torch.Tensor, tokens: torch.Tensor, c: torch.Tensor
+) -> tuple[Any, torch.Tensor]:
+    def original(args: dict[str, Any]) -> dict[str, Any]:
+        txt, img = block(args["txt"], args["img"], args["vec"])
+        return {"txt": txt, "img": img}
+
+    out = fn({"txt": ctx, "img": tokens, "vec": c}, {"original_block": original})
+    return out["txt"], out["img"]

@@ -25,11 +25,19 @@ Forward contract
       skips are consumed deepest first, so a list in input-block order lines up); this is where a
       ControlNet's zero-conv outputs go.
   A ``None`` entry or an exhausted list means "nothing to add".
-- ``transformer_options``: a dict passed down to patches; during the call its copy carries
-  ``"block": ("input" | "middle" | "output", index)``. Per-block patch point:
-  ``transformer_options["patches"]["block_output"]`` is a list of callables ``fn(h, transformer_options)
-  -> h`` applied, in order, to the output of every input, middle and output block (after ControlNet
-  residuals were added).
+- ``transformer_options``: a dict passed down to patches (ComfyUI's keys and patch points); during the
+  call its copy carries ``"block": ("input" | "middle" | "output", index)``, ``"original_shape"``,
+  ``"transformer_index"`` (transformers run so far), ``"block_index"`` (depth inside a transformer)
+  and ``"activations_shape"``. ``transformer_options["patches"]`` lists, each applied in order:
+    * ``"emb_patch"``: ``fn(emb, model_channels, options) -> emb`` on the time embedding;
+    * ``"input_block_patch"``: ``fn(h, options) -> h`` after each input block (and its ControlNet
+      residual), before ``h`` is kept as a skip; ``"input_block_patch_after_skip"`` after it was kept;
+    * ``"output_block_patch"``: ``fn(h, skip, options) -> (h, skip)`` before each output block
+      concatenates its skip;
+    * ``"block_output"`` (diffgraph's own): ``fn(h, options) -> h`` on the output of every input, middle
+      and output block (after ControlNet residuals were added);
+    * the attention patches of the transformer blocks (see ``unet_blocks.BasicTransformerBlock``), and
+      ``transformer_options["patches_replace"]["attn1" | "attn2"][(block_name, number[, depth_index])]``.
 """
 
 from __future__ import annotations
@@ -51,6 +59,7 @@ from .unet_blocks import (
     Upsample,
     timestep_embedding,
 )
+from .wrappers import call_wrapped
 
 
 @dataclass(frozen=True)
@@ -329,6 +338,9 @@ class UNetModel(nn.Module):
     def __init__(self, config: UNetConfig, dtype: torch.dtype | None = None, device: Any = None):
         super().__init__()
         self.config = config
+        # The dtype the UNet computes in when its weights are stored otherwise (quantized layers that
+        # dequantize in forward); None: the dtype of its weights.
+        self.compute_dtype: torch.dtype | None = None
         fk: dict[str, Any] = {"dtype": dtype, "device": device}
         mc = config.model_channels
         ted = mc * 4
@@ -360,6 +372,8 @@ class UNetModel(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
+        if self.compute_dtype is not None:
+            return self.compute_dtype
         first: nn.Linear = self.time_embed[0]  # type: ignore[assignment]
         return first.weight.dtype
 
@@ -372,11 +386,56 @@ class UNetModel(nn.Module):
         control: Mapping[str, list[torch.Tensor | None]] | None = None,
         transformer_options: dict[str, Any] | None = None,
     ) -> torch.Tensor:
+        """See the module docstring; "diffusion_model" wrappers in the options run around the call."""
+        if transformer_options and "wrappers" in transformer_options:
+            args = (x, timesteps, context, y, control, transformer_options)
+            return call_wrapped("diffusion_model", transformer_options, self._forward, self, *args)  # type: ignore[no-any-return]
+        return self._forward(x, timesteps, context, y, control, transformer_options)
+
+    def _embedding(
+        self,
+        timesteps: torch.Tensor | float,
+        y: torch.Tensor | None,
+        batch: int,
+        device: torch.device,
+        emb_patches: Any,
+        opts: dict[str, Any],
+    ) -> torch.Tensor:
+        """(B,) timesteps -> (B, model_channels) sinusoids -> (B, 4*model_channels) time embedding, patched
+        by "emb_patch" functions, plus the ADM/label embedding of ``y`` (SDXL)."""
+        dtype = self.dtype
+        t = torch.as_tensor(timesteps, device=device)
+        if t.ndim == 0:
+            t = t.expand(batch)
+        emb = self.time_embed(timestep_embedding(t, self.config.model_channels).to(dtype))
+        for fn in emb_patches:
+            emb = fn(emb, self.config.model_channels, opts)
+        if self.label_emb is not None:
+            if y is None:
+                raise ValueError(
+                    "UNetModel: this UNet has an ADM/label embedding (SDXL); pass y, e.g. built with "
+                    "engine.diffusion.models.sdxl_conditioning.sdxl_adm"
+                )
+            emb = emb + self.label_emb(y.to(dtype))  # y: (B, adm_in_channels) -> (B, 4*model_channels)
+        return emb  # type: ignore[no-any-return]
+
+    def _forward(
+        self,
+        x: torch.Tensor,
+        timesteps: torch.Tensor | float,
+        context: torch.Tensor | None = None,
+        y: torch.Tensor | None = None,
+        control: Mapping[str, list[torch.Tensor | None]] | None = None,
+        transformer_options: dict[str, Any] | None = None,
+    ) -> torch.Tensor:
         dtype = self.dtype
         out_dtype = x.dtype
         batch = x.shape[0]
+        # A private copy: the blocks record where they are ("block", "block_index", ...) in it.
         opts: dict[str, Any] = dict(transformer_options or {})
-        patches = list((opts.get("patches") or {}).get("block_output", ()))
+        opts["original_shape"] = list(x.shape)
+        opts["transformer_index"] = 0
+        hooks: dict[str, Any] = opts.get("patches") or {}
         ctrl = {k: list(v) for k, v in control.items() if v is not None} if control else {}
 
         def add_control(h: torch.Tensor, name: str) -> torch.Tensor:
@@ -387,25 +446,12 @@ class UNetModel(nn.Module):
                     h = h + residual.to(h.dtype)
             return h
 
-        def patch(h: torch.Tensor, kind: str, index: int) -> torch.Tensor:
-            if patches:
-                opts["block"] = (kind, index)
-                for fn in patches:
-                    h = fn(h, opts)
+        def patch(h: torch.Tensor, name: str) -> torch.Tensor:
+            for fn in hooks.get(name, ()):
+                h = fn(h, opts)
             return h
 
-        t = torch.as_tensor(timesteps, device=x.device)
-        if t.ndim == 0:
-            t = t.expand(batch)
-        # (B,) -> (B, model_channels) sinusoids -> (B, 4*model_channels) time embedding
-        emb = self.time_embed(timestep_embedding(t, self.config.model_channels).to(dtype))
-        if self.label_emb is not None:
-            if y is None:
-                raise ValueError(
-                    "UNetModel: this UNet has an ADM/label embedding (SDXL); pass y, e.g. built with "
-                    "engine.diffusion.models.sdxl_conditioning.sdxl_adm"
-                )
-            emb = emb + self.label_emb(y.to(dtype))  # y: (B, adm_in_channels) -> (B, 4*model_channels)
+        emb = self._embedding(timesteps, y, batch, x.device, hooks.get("emb_patch", ()), opts)
         if context is not None:
             context = context.to(dtype)  # (B, T, context_dim)
         elif self.config.has_transformers:
@@ -414,21 +460,28 @@ class UNetModel(nn.Module):
         h = x.to(dtype)  # (B, in_channels, h, w)
         hs: list[torch.Tensor] = []
         # Each level: (B, C, H, W) -> (B, C', H, W); each downsampler halves H and W.
+        # The patch points and their order are ComfyUI's (openaimodel.UNetModel); "block_output" is ours.
         for i, block in enumerate(self.input_blocks):
-            h = block(h, emb, context)
+            opts["block"] = ("input", i)
+            h = block(h, emb, context, transformer_options=opts)
             h = add_control(h, "input")
-            h = patch(h, "input", i)
+            h = patch(patch(h, "input_block_patch"), "block_output")
             hs.append(h)
+            h = patch(h, "input_block_patch_after_skip")
+        opts["block"] = ("middle", 0)
         if self.middle_block is not None:
-            h = self.middle_block(h, emb, context)
+            h = self.middle_block(h, emb, context, transformer_options=opts)
         h = add_control(h, "middle")
-        h = patch(h, "middle", 0)
+        h = patch(h, "block_output")
         for i, block in enumerate(self.output_blocks):
+            opts["block"] = ("output", i)
             skip = add_control(hs.pop(), "output")
+            for fn in hooks.get("output_block_patch", ()):
+                h, skip = fn(h, skip, opts)
             h = torch.cat([h, skip], dim=1)  # (B, C, H, W) + (B, C_skip, H, W) -> (B, C + C_skip, H, W)
             size = tuple(hs[-1].shape[-2:]) if hs else None
-            h = block(h, emb, context, size)
-            h = patch(h, "output", i)
+            h = block(h, emb, context, size, transformer_options=opts)
+            h = patch(h, "block_output")
         norm, _, conv = self.out
         h = conv(torch.nn.functional.silu(norm(h)))  # (B, model_channels, h, w) -> (B, out_channels, h, w)
         return h.to(out_dtype)

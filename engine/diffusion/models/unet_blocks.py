@@ -138,17 +138,29 @@ class CrossAttention(nn.Module):
         self.to_v = nn.Linear(kv_dim, inner, bias=False, **fk)
         self.to_out = nn.Sequential(nn.Linear(inner, query_dim, **fk), nn.Dropout(0.0))
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, context: torch.Tensor | None = None, value: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``value``: a separate source for the values (ComfyUI's attention patches may give one);
+        by default keys and values both come from ``context`` (or ``x`` for self-attention)."""
         ctx = x if context is None else context
-        b, n, _ = x.shape  # x: (B, N, C) queries; ctx: (B, M, C_ctx) keys and values
-        m = ctx.shape[1]
-        # (B, N or M, heads*d) -> (B, heads, N or M, d)
-        q = self.to_q(x).view(b, n, self.heads, self.dim_head).transpose(1, 2)
-        k = self.to_k(ctx).view(b, m, self.heads, self.dim_head).transpose(1, 2)
-        v = self.to_v(ctx).view(b, m, self.heads, self.dim_head).transpose(1, 2)
-        out = F.scaled_dot_product_attention(q, k, v)  # (B, heads, N, d)
-        out = out.transpose(1, 2).reshape(b, n, self.heads * self.dim_head)  # (B, N, heads*d)
-        return self.to_out[0](out)  # (B, N, C)
+        q = self.to_q(x)  # x: (B, N, C) queries; ctx: (B, M, C_ctx) keys and values
+        k = self.to_k(ctx)
+        v = self.to_v(ctx if value is None else value)
+        return self.to_out[0](multi_head_attention(q, k, v, self.heads))  # (B, N, C)
+
+
+def multi_head_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
+    """softmax(QK^T / sqrt(d)) V per head on projected tokens: q (B, N, heads*d), k and v (B, M, heads*d)
+    -> (B, N, heads*d). Also what ComfyUI-style attention replacements compute (optimized_attention)."""
+    b, n, inner = q.shape
+    d = inner // heads
+    # (B, N or M, heads*d) -> (B, heads, N or M, d)
+    qh = q.reshape(b, n, heads, d).transpose(1, 2)
+    kh = k.reshape(b, k.shape[1], heads, d).transpose(1, 2)
+    vh = v.reshape(b, v.shape[1], heads, d).transpose(1, 2)
+    out = F.scaled_dot_product_attention(qh, kh, vh)  # (B, heads, N, d)
+    return out.transpose(1, 2).reshape(b, n, inner)
 
 
 class GEGLU(nn.Module):
@@ -194,11 +206,87 @@ class BasicTransformerBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim, **fk)
         self.norm3 = nn.LayerNorm(dim, **fk)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        context: torch.Tensor | None,
+        transformer_options: dict[str, Any] | None = None,
+    ) -> torch.Tensor:
         # x: (B, N, C) image tokens; context: (B, M, C_ctx) text tokens; the shape of x never changes.
+        if transformer_options and (
+            "patches" in transformer_options or "patches_replace" in transformer_options
+        ):
+            return self._forward_patched(x, context, transformer_options)
         x = self.attn1(self.norm1(x)) + x
         x = self.attn2(self.norm2(x), context) + x
         return self.ff(self.norm3(x)) + x
+
+    def _forward_patched(
+        self, x: torch.Tensor, context: torch.Tensor | None, options: dict[str, Any]
+    ) -> torch.Tensor:
+        """The forward with ComfyUI's attention patch points (the order of its BasicTransformerBlock):
+        "attn1_patch"/"attn2_patch" functions ``(q_in, context, value, extra) -> (q_in, context, value)``
+        change the attention inputs; a "patches_replace" "attn1"/"attn2" function keyed
+        ``(block_name, block_number, depth_index)`` or ``(block_name, block_number)`` replaces the attention
+        itself, ``(q, k, v, extra) -> out`` on projected tokens; "attn1_output_patch"/"attn2_output_patch"
+        ``(out, extra) -> out`` follow it, "middle_patch" ``(x, extra) -> x`` runs between the two."""
+        patches: dict[str, Any] = options.get("patches") or {}
+        replace: dict[str, Any] = options.get("patches_replace") or {}
+        extra = {k: v for k, v in options.items() if k not in ("patches", "patches_replace")}
+        extra["n_heads"] = self.attn1.heads
+        extra["dim_head"] = self.attn1.dim_head
+        extra["attn_precision"] = None
+        block = options.get("block")
+        keys = (None if block is None else (block[0], block[1], options.get("block_index", 0)), block)
+
+        n = self.norm1(x)
+        ctx1 = val1 = None
+        if "attn1_patch" in patches:
+            ctx1 = val1 = n
+            for p in patches["attn1_patch"]:
+                n, ctx1, val1 = p(n, ctx1, val1, extra)
+        n = _attend(self.attn1, n, ctx1, val1, replace.get("attn1"), keys, extra)
+        for p in patches.get("attn1_output_patch", ()):
+            n = p(n, extra)
+        x = n + x
+        for p in patches.get("middle_patch", ()):
+            x = p(x, extra)
+
+        n = self.norm2(x)
+        ctx2, val2 = context, None
+        if "attn2_patch" in patches:
+            val2 = ctx2
+            for p in patches["attn2_patch"]:
+                n, ctx2, val2 = p(n, ctx2, val2, extra)
+        n = _attend(self.attn2, n, ctx2, val2, replace.get("attn2"), keys, extra)
+        for p in patches.get("attn2_output_patch", ()):
+            n = p(n, extra)
+        x = n + x
+        return self.ff(self.norm3(x)) + x
+
+
+def _attend(
+    attn: CrossAttention,
+    n: torch.Tensor,
+    context: torch.Tensor | None,
+    value: torch.Tensor | None,
+    table: dict[Any, Any] | None,
+    keys: tuple[Any, Any],
+    extra: dict[str, Any],
+) -> torch.Tensor:
+    """``attn`` on ``n``, or the replacement registered for this block (the 3-part key first)."""
+    fn = None
+    if table:
+        for key in keys:
+            if key is not None and key in table:
+                fn = table[key]
+                break
+    if fn is None:
+        return attn(n, context, value)
+    context = n if context is None else context
+    value = context if value is None else value
+    out = fn(attn.to_q(n), attn.to_k(context), attn.to_v(value), extra)
+    return attn.to_out(out)
 
 
 class SpatialTransformer(nn.Module):
@@ -240,8 +328,15 @@ class SpatialTransformer(nn.Module):
         else:
             self.proj_out = _make_conv(inner, channels, 1, **fk)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        context: torch.Tensor | None,
+        transformer_options: dict[str, Any] | None = None,
+    ) -> torch.Tensor:
         b, c, h, w = x.shape
+        if transformer_options is not None:
+            transformer_options["activations_shape"] = list(x.shape)
         x_in = x
         x = self.norm(x)
         if not self.use_linear:
@@ -250,8 +345,10 @@ class SpatialTransformer(nn.Module):
         x = x.permute(0, 2, 3, 1).reshape(b, h * w, -1)
         if self.use_linear:
             x = self.proj_in(x)
-        for block in self.transformer_blocks:
-            x = block(x, context)
+        for i, block in enumerate(self.transformer_blocks):
+            if transformer_options is not None:
+                transformer_options["block_index"] = i
+            x = block(x, context, transformer_options)
         if self.use_linear:
             x = self.proj_out(x)
         # (B, H*W, C) -> (B, C, H, W), contiguous: a channels-last view here would make the following
@@ -275,12 +372,17 @@ class TimestepBlock(nn.ModuleList):
         emb: torch.Tensor,
         context: torch.Tensor | None,
         upsample_size: tuple[int, int] | None = None,
+        transformer_options: dict[str, Any] | None = None,
     ) -> torch.Tensor:
+        """``transformer_options`` (the UNet's per-call options) reach the transformers; its
+        "transformer_index" counts the transformers run so far in this UNet call (ComfyUI's key)."""
         for layer in self:
             if isinstance(layer, ResBlock):
                 x = layer(x, emb)
             elif isinstance(layer, SpatialTransformer):
-                x = layer(x, context)
+                x = layer(x, context, transformer_options)
+                if transformer_options is not None and "transformer_index" in transformer_options:
+                    transformer_options["transformer_index"] += 1
             elif isinstance(layer, Upsample):
                 x = layer(x, upsample_size)
             else:

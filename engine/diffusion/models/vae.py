@@ -8,10 +8,11 @@ original keys without the ``first_stage_model.`` prefix: ``encoder.down.0.block.
 The mid-block attention projections (``q``, ``k``, ``v``, ``proj_out``) are 1x1 convolutions in the
 original code (4-D weights); some converted checkpoints store them as linear (2-D) weights. Both load.
 
-``encode``/``decode`` work on the *normalised* latent space the diffusion model sees:
-``(raw - shift_factor) * scaling_factor`` (0.18215 for SD1/SD2, 0.13025 for SDXL, no shift; SD3 and
-FLUX.1 also shift, see ``latent_formats``) and can run in overlapping tiles, blended with a linear
-feather over the whole overlap so tile borders leave no seam. The SD3/Flux VAE has 16 latent channels
+``encode``/``decode`` work on *raw* VAE latents, as ComfyUI's VAE does (its LATENT space); the sampler
+maps them into the diffusion model's normalised space (``latent_formats``). ``VAEConfig.scaling_factor`` /
+``shift_factor`` record the format the VAE was trained with (0.18215 for SD1/SD2, 0.13025 for SDXL, no
+shift; SD3 and FLUX.1 also shift) but neither method applies them. Both can run in overlapping tiles,
+blended with a linear feather over the whole overlap so tile borders leave no seam. The SD3/Flux VAE has 16 latent channels
 and no ``quant_conv``/``post_quant_conv`` (``use_quant_conv=False``).
 """
 
@@ -334,7 +335,7 @@ class AutoencoderKL(nn.Module):
         tile_overlap: int = 64,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        """Images (B, 3, H, W) in -1..1 -> latents (B, embed_dim, H/8, W/8), ``(z - shift_factor) * scaling_factor``.
+        """Images (B, 3, H, W) in -1..1 -> raw latents (B, embed_dim, H/8, W/8) (no scale or shift).
 
         Returns the posterior mean; with ``generator`` a sample of the diagonal Gaussian posterior
         instead (log-variance clamped to [-30, 20] as in the LDM code). ``tile_size``/``tile_overlap`` in
@@ -358,8 +359,7 @@ class AutoencoderKL(nn.Module):
             std = torch.exp(0.5 * logvar.clamp(-30.0, 20.0))
             noise = torch.randn(mean.shape, generator=generator, device=generator.device, dtype=mean.dtype)
             mean = mean + std * noise.to(mean.device)
-        # The shift applies to the sampled latent, as diffusers/ComfyUI normalise after sampling.
-        return ((mean - self.config.shift_factor) * self.config.scaling_factor).to(images.dtype)
+        return mean.to(images.dtype)
 
     def _decode(self, z: torch.Tensor) -> torch.Tensor:
         if self.post_quant_conv is not None:
@@ -369,15 +369,13 @@ class AutoencoderKL(nn.Module):
     def decode(
         self, latents: torch.Tensor, *, tile_size: int | None = None, tile_overlap: int = 64
     ) -> torch.Tensor:
-        """Normalised latents -> images (B, 3, 8h, 8w), nominally in -1..1 (not clamped).
-
-        The latents are un-normalised (``latents / scaling_factor + shift_factor``) once, before tiling.
+        """Raw latents -> images (B, 3, 8h, 8w), nominally in -1..1 (not clamped).
 
         ``tile_size``/``tile_overlap`` are in image pixels (ComfyUI's VAEDecodeTiled convention: 512/64)
         and are rounded down to whole latent pixels.
         """
         f = self.config.downscale
-        z = (latents.float() / self.config.scaling_factor + self.config.shift_factor).to(self.dtype)
+        z = latents.to(self.dtype)
         if tile_size is not None and max(z.shape[-2:]) * f > tile_size:
             tile, overlap = max(1, tile_size // f), tile_overlap // f
             if overlap >= tile:

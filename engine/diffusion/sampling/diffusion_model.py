@@ -13,6 +13,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from engine.diffusion.models.latent_formats import IDENTITY, LatentFormat
+from engine.diffusion.models.wrappers import call_wrapped
+
 from .model_sampling import ModelSampling
 
 AdmBuilder = Callable[[Mapping[str, Any], int, int], torch.Tensor | None]
@@ -22,8 +25,10 @@ def _param_dtype_device(module: Any) -> tuple[torch.dtype | None, torch.device |
     params = getattr(module, "parameters", None)
     if params is None:
         return None, None
+    # A network storing its weights in another dtype than it computes in says so (UNetModel.compute_dtype).
+    compute = getattr(module, "compute_dtype", None)
     for p in params():
-        return p.dtype, p.device
+        return compute or p.dtype, p.device
     return None, None
 
 
@@ -35,6 +40,8 @@ class DiffusionModel:
     "pooled_output", "width", "height", "crop_w", ...); width/height are in pixels.
     ``inpaint_concat``: the UNet has 4 extra input channels for inpainting (9-channel SD inpainting
     models): a mask channel and the masked image latent are concatenated after the noisy latent.
+    ``latent_format``: how the raw VAE latents of LATENT values map into this model's space (the
+    sampler applies it to the input latent and back to the result; see ``latent_formats``).
     """
 
     def __init__(
@@ -45,12 +52,18 @@ class DiffusionModel:
         adm_builder: AdmBuilder | None = None,
         inpaint_concat: bool = False,
         latent_channels: int = 4,
+        base_model: Any = None,
+        latent_format: LatentFormat = IDENTITY,
     ) -> None:
+        """``base_model``: what guidance hooks receive as ``args["model"]`` (the ComfyUI-shaped model
+        object of the MODEL value; this wrapper itself when None)."""
         self.unet = unet
         self.model_sampling = model_sampling
         self.adm_builder = adm_builder
         self.inpaint_concat = inpaint_concat
         self.latent_channels = latent_channels
+        self.base_model = base_model if base_model is not None else self
+        self.latent_format = latent_format
 
     # ---- conditioning helpers ----------------------------------------------------------------
     def encode_adm(self, cond: Mapping[str, Any], width: int, height: int) -> torch.Tensor | None:
@@ -70,8 +83,9 @@ class DiffusionModel:
         """The extra input channels of an inpainting UNet: [mask (1 ch), masked latent (C ch)].
 
         Taken from the conditioning's "concat_mask"/"concat_latent_image" (set by
-        InpaintModelConditioning-style nodes) when present, else from the sampling mask and the input
-        latent (whose masked pixels VAEEncodeForInpaint already greyed out). Without any mask the
+        InpaintModelConditioning-style nodes; a raw VAE latent, mapped into model space here as ComfyUI
+        does) when present, else from the sampling mask and ``latent_image`` (the sampler's input
+        latent, already in model space; VAEEncodeForInpaint greyed its masked pixels). Without any mask the
         whole image is to be painted: mask = 1 and the masked latent is blank (zeros; ComfyUI uses
         the latent of a grey image, a small difference for mask-less inpainting-model txt2img).
         """
@@ -80,7 +94,11 @@ class DiffusionModel:
         cond = cond or {}
         b, _, h, w = like.shape
         mask = cond.get("concat_mask", denoise_mask)
-        image = cond.get("concat_latent_image", latent_image)
+        image = cond.get("concat_latent_image")
+        if image is not None:
+            image = self.latent_format.process_in(torch.as_tensor(image))
+        else:
+            image = latent_image
         if mask is None:
             return torch.cat(
                 [like.new_ones((b, 1, h, w)), like.new_zeros((b, self.latent_channels, h, w))], dim=1
@@ -112,7 +130,38 @@ class DiffusionModel:
         transformer_options: dict[str, Any] | None = None,
     ) -> torch.Tensor:
         """D(x, sigma): scale the input, convert sigma to the UNet's timestep, run the UNet in its
-        own dtype/device and turn its eps/v/flow output into the x0 estimate (in x's dtype)."""
+        own dtype/device and turn its eps/v/flow output into the x0 estimate (in x's dtype).
+        "apply_model" wrappers in ``transformer_options`` run around it (ComfyUI's APPLY_MODEL
+        wrappers, with ``apply_model``'s arguments and the model object as ``executor.class_obj``)."""
+        if transformer_options and "wrappers" in transformer_options:
+            args = (x, sigma, c_concat, context, control, transformer_options)
+            return call_wrapped(  # type: ignore[no-any-return]
+                "apply_model", transformer_options, self._apply_unwrapped, self.base_model, *args, y=y
+            )
+        return self._apply(x, sigma, context, y, c_concat, control, transformer_options)
+
+    def _apply_unwrapped(
+        self,
+        x: torch.Tensor,
+        sigma: torch.Tensor,
+        c_concat: torch.Tensor | None = None,
+        c_crossattn: torch.Tensor | None = None,
+        control: Any = None,
+        transformer_options: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> torch.Tensor:
+        return self._apply(x, sigma, c_crossattn, kwargs.get("y"), c_concat, control, transformer_options)
+
+    def _apply(
+        self,
+        x: torch.Tensor,
+        sigma: torch.Tensor,
+        context: torch.Tensor | None,
+        y: torch.Tensor | None,
+        c_concat: torch.Tensor | None,
+        control: Any,
+        transformer_options: dict[str, Any] | None,
+    ) -> torch.Tensor:
         sigma = torch.as_tensor(sigma, device=x.device, dtype=x.dtype)
         if sigma.ndim == 0:
             sigma = sigma.expand(x.shape[0])
@@ -134,6 +183,29 @@ class DiffusionModel:
             transformer_options=transformer_options if transformer_options is not None else {},
         )
         return ms.calculate_denoised(sigma, out.to(x.device, x.dtype), x)
+
+    def apply_model(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        c_concat: torch.Tensor | None = None,
+        c_crossattn: torch.Tensor | None = None,
+        control: Any = None,
+        transformer_options: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> torch.Tensor:
+        """``apply`` under ComfyUI's ``BaseModel.apply_model`` signature: ``t`` is sigma, the conditioning
+        comes as the keys of the ``c`` dict unet wrappers receive (``c_crossattn``, ``c_concat``, ``y``,
+        ``control``, ``transformer_options``); returns the x0 estimate."""
+        return self.apply(
+            x,
+            t,
+            context=c_crossattn,
+            y=kwargs.get("y"),
+            c_concat=c_concat,
+            control=control,
+            transformer_options=transformer_options,
+        )
 
 
 def _to_batch(t: torch.Tensor, b: int) -> torch.Tensor:

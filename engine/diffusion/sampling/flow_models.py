@@ -16,7 +16,7 @@ with ``timesteps = model_sampling.model_timestep(sigma)`` and ``y`` from the mod
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
@@ -30,7 +30,8 @@ LATENT_CHANNELS = 16
 
 
 class TransformerAdapter(nn.Module):
-    """An MMDiT or Flux model behind the UNet call contract (``transformer_options`` is not used yet).
+    """An MMDiT or Flux model behind the UNet call contract. Of ``transformer_options`` it reads ComfyUI's
+    "dit" block replacements (``patches_replace["dit"]``, e.g. skip-layer guidance's).
 
     ``flux=True``: ``y`` is [pooled CLIP-L, guidance] (see the module doc) and is wanted in float32
     (``y_dtype``), a missing ``context`` becomes an empty token sequence.
@@ -42,6 +43,17 @@ class TransformerAdapter(nn.Module):
         self.flux = flux
         self.y_dtype = torch.float32 if flux else None
 
+    def parameters(self, recurse: bool = True) -> Iterator[nn.Parameter]:
+        """The model's parameters, one in its compute dtype first: ``DiffusionModel`` casts the inputs to
+        the first parameter's dtype, which for fp8-stored matmul weights would be fp8 (biases keep the
+        compute dtype)."""
+        params = list(super().parameters(recurse))
+        first = [p for p in params if p is self.model.img_in.bias] if self.flux else []
+        if not self.flux:
+            first = [p for p in params if p is self.model.context_embedder.bias]
+        yield from first
+        yield from (p for p in params if not any(p is f for f in first))
+
     def forward(
         self,
         x: torch.Tensor,
@@ -51,14 +63,15 @@ class TransformerAdapter(nn.Module):
         control: Any = None,
         transformer_options: dict[str, Any] | None = None,
     ) -> torch.Tensor:
+        replace = ((transformer_options or {}).get("patches_replace") or {}).get("dit") or None
         if not self.flux:
-            return self.model(x, timesteps, context=context, y=y, control=control)
+            return self.model(x, timesteps, context=context, y=y, control=control, blocks_replace=replace)
         cfg = self.model.config
         b = x.shape[0]
         if context is None:
             context = x.new_zeros(b, 0, cfg.context_in_dim)
         pooled, guidance = split_flux_y(y, b, cfg.vec_in_dim, x)
-        return self.model(x, timesteps, context, pooled, guidance=guidance)
+        return self.model(x, timesteps, context, pooled, guidance=guidance, blocks_replace=replace)
 
 
 def split_flux_y(
@@ -101,27 +114,38 @@ def flux_adm_builder(vec_in_dim: int) -> Any:
     return build
 
 
+def default_model_sampling(model: Any, shift: float | None = None) -> ModelSamplingFlow:
+    """The family's model sampling: SD3 ``sd3_model_sampling`` (shift 3.0 by default), FLUX.1 dev
+    `ModelSamplingFlux` (mu 1.15), schnell the unshifted multiplier-1 flow (shift 1.0)."""
+    if not is_flux(model):
+        return sd3_model_sampling(3.0 if shift is None else shift)
+    if model.config.guidance_embed:
+        return ModelSamplingFlux(1.15 if shift is None else shift)
+    return auraflow_model_sampling(1.0 if shift is None else shift)
+
+
+def is_flux(model: Any) -> bool:
+    return hasattr(model.config, "vec_in_dim")
+
+
+def flow_model_parts(
+    model: Any, shift: float | None = None
+) -> tuple[TransformerAdapter, ModelSamplingFlow, Any]:
+    """(the network behind the UNet contract, its default model sampling, its ``adm_builder``) for an
+    MMDiT or Flux model: what a ``DiffusionModel`` or a MODEL handle is made of."""
+    flux = is_flux(model)
+    adm = flux_adm_builder(model.config.vec_in_dim) if flux else sd3_adm
+    return TransformerAdapter(model, flux=flux), default_model_sampling(model, shift), adm
+
+
 def mmdit_diffusion_model(model: Any, *, shift: float = 3.0) -> DiffusionModel:
     """An SD3 / SD3.5 MMDiT as a ``DiffusionModel`` (flow prediction, SD3 shift, 16 latent channels)."""
-    return DiffusionModel(
-        TransformerAdapter(model, flux=False),
-        sd3_model_sampling(shift),
-        adm_builder=sd3_adm,
-        latent_channels=LATENT_CHANNELS,
-    )
+    net, ms, adm = flow_model_parts(model, shift)
+    return DiffusionModel(net, ms, adm_builder=adm, latent_channels=LATENT_CHANNELS)
 
 
 def flux_diffusion_model(model: Any, *, shift: float | None = None) -> DiffusionModel:
     """A FLUX.1 model as a ``DiffusionModel``: dev (guidance_in) samples with `ModelSamplingFlux` (mu =
     ``shift``, 1.15 by default), schnell with the unshifted multiplier-1 flow (``shift`` 1.0 by default)."""
-    ms: ModelSamplingFlow
-    if model.config.guidance_embed:
-        ms = ModelSamplingFlux(1.15 if shift is None else shift)
-    else:
-        ms = auraflow_model_sampling(1.0 if shift is None else shift)
-    return DiffusionModel(
-        TransformerAdapter(model, flux=True),
-        ms,
-        adm_builder=flux_adm_builder(model.config.vec_in_dim),
-        latent_channels=LATENT_CHANNELS,
-    )
+    net, ms, adm = flow_model_parts(model, shift)
+    return DiffusionModel(net, ms, adm_builder=adm, latent_channels=LATENT_CHANNELS)

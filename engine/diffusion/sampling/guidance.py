@@ -24,6 +24,7 @@ lengths with a small common multiple) of both sides run in one batched UNet call
 from __future__ import annotations
 
 import math
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -53,6 +54,8 @@ class PreparedCond:
     sigma_end: float = 0.0  # ... and sigma >= sigma_end
     control: Any = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # ComfyUI gives each conditioning entry a uuid for the sampling run (transformer_options["uuids"]).
+    uuid: uuid.UUID = field(default_factory=uuid.uuid4)
 
     def active(self, sigma: float) -> bool:
         return self.sigma_end <= sigma <= self.sigma_start
@@ -184,6 +187,13 @@ class CFGDenoiser:
     cfg == 1 evaluates only the positive side (one UNet call instead of two). ``cfg_function`` can
     replace the guidance combination (cond, uncond, cfg, x, sigma) -> denoised, for plugins.
     ``max_batch`` caps how many latent items go into one UNet call (None = no cap).
+
+    ``model_options`` are a MODEL's ComfyUI options, honoured as ComfyUI's sampling does:
+    "transformer_options" (handed to the UNet, plus "cond_or_uncond" - 0 = positive, 1 = negative, one
+    entry per chunk of the batch -, "uuids" and "sigmas" per call), "model_function_wrapper"
+    ``(apply_model, {"input", "timestep", "c", "cond_or_uncond"}) -> x0`` around every model call,
+    "sampler_pre_cfg_function" / "sampler_cfg_function" / "sampler_post_cfg_function" (lists of
+    functions of an args dict, see ``_guide``) and "disable_cfg1_optimization".
     """
 
     def __init__(
@@ -199,8 +209,11 @@ class CFGDenoiser:
         cfg_function: CfgFunction | None = None,
         transformer_options: dict[str, Any] | None = None,
         max_batch: int | None = None,
+        model_options: Mapping[str, Any] | None = None,
     ) -> None:
         self.model = model
+        self.model_options: dict[str, Any] = dict(model_options or {})
+        self._positive_src = positive
         self._negative_src = negative
         self._prepare_kw: dict[str, Any] = {
             "like": like,
@@ -209,18 +222,25 @@ class CFGDenoiser:
         }
         self.cfg = float(cfg)
         self.cfg_function = cfg_function
-        self.transformer_options = dict(transformer_options or {})
+        self.transformer_options = dict(
+            self.model_options.get("transformer_options") or transformer_options or {}
+        )
         self.max_batch = max_batch
         kw = {"latent_image": latent_image, "denoise_mask": denoise_mask}
         self.positive = prepare_conditioning(positive, model, like, **kw)
-        self.skip_uncond = math.isclose(self.cfg, 1.0)
+        cfg1 = math.isclose(self.cfg, 1.0)
+        self.skip_uncond = cfg1 and not self.model_options.get("disable_cfg1_optimization", False)
+        mo = self.model_options
+        self._hooked = any(
+            k in mo for k in ("sampler_cfg_function", "sampler_post_cfg_function", "sampler_pre_cfg_function")
+        )
         self.negative: list[PreparedCond] = []
         if not self.skip_uncond:
-            if not negative:
+            if not negative and not cfg1:
                 raise ValueError(
                     "cfg != 1 needs a negative CONDITIONING (connect one, e.g. an empty prompt), or set cfg to 1"
                 )
-            self.negative = prepare_conditioning(negative, model, like, **kw)
+            self.negative = prepare_conditioning(negative or [], model, like, **kw)
         if not self.positive:
             raise ValueError("the positive CONDITIONING is empty; connect a text encoder output")
         # Controls (ControlNet/T2I) convert sigma to their own timesteps and percent ranges: give them
@@ -273,11 +293,45 @@ class CFGDenoiser:
             self._combine(x, [(j, r) for j, r in zip(jobs, results, strict=True) if j.side == k])
             for k in range(len(sides))
         ]
-        if skip:
+        if skip and not self._hooked:
             return preds[0], None
-        if self.cfg_function is not None:
-            return self.cfg_function(preds[0], preds[1], self.cfg, x, sigma), preds[1]
-        return preds[1] + (preds[0] - preds[1]) * self.cfg, preds[1]
+        if skip:
+            preds.append(torch.zeros_like(x))  # ComfyUI's skipped negative side predicts zeros
+        return self._guide(x, sigma, preds, skip)
+
+    def _guide(
+        self, x: torch.Tensor, sigma: torch.Tensor, preds: list[torch.Tensor], skipped: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Combine the two sides with the model's guidance hooks, with ComfyUI's argument dicts
+        (``sampling_function`` / ``cfg_function`` in its samplers.py): pre-CFG functions may rewrite
+        the [cond, uncond] predictions, a cfg function returns ``x - denoised`` from noise-space
+        predictions (``cond = x - cond_denoised``), post-CFG functions map the denoised estimate."""
+        mo = self.model_options
+        sig = sigma.reshape(-1).to(x.device)
+        if sig.numel() == 1:
+            sig = sig.expand(x.shape[0])
+        model = self.model.base_model
+        conds = [self._positive_src, None if skipped else self._negative_src]
+        out = preds
+        for fn in mo.get("sampler_pre_cfg_function", ()):
+            args = {"conds": conds, "conds_out": out, "cond_scale": self.cfg, "timestep": sig}
+            out = fn({**args, "input": x, "sigma": sig, "model": model, "model_options": mo})
+        cond, uncond = out[0], out[1]
+        cfg_fn = mo.get("sampler_cfg_function")
+        if cfg_fn is not None:
+            args = {"cond": x - cond, "uncond": x - uncond, "cond_scale": self.cfg, "timestep": sig}
+            args |= {"input": x, "sigma": sig, "cond_denoised": cond, "uncond_denoised": uncond}
+            args |= {"model": model, "model_options": mo, "input_cond": conds[0], "input_uncond": conds[1]}
+            den = x - cfg_fn(args)
+        elif self.cfg_function is not None:
+            den = self.cfg_function(cond, uncond, self.cfg, x, sigma)
+        else:
+            den = uncond + (cond - uncond) * self.cfg
+        for fn in mo.get("sampler_post_cfg_function", ()):
+            args = {"denoised": den, "cond": conds[0], "uncond": conds[1], "cond_scale": self.cfg}
+            args |= {"model": model, "uncond_denoised": uncond, "cond_denoised": cond, "sigma": sig}
+            den = fn({**args, "model_options": mo, "input": x})
+        return den, None if skipped else uncond
 
     # ---- batching --------------------------------------------------------------------------
     def _run(self, jobs: list[_Job], x: torch.Tensor, sigma: torch.Tensor) -> list[torch.Tensor]:
@@ -334,13 +388,25 @@ class CFGDenoiser:
         cc_b = (torch.cat(concats) if len(concats) > 1 else concats[0]) if concats else None
         control = group[0].cond.control
         ctrl = control.get_control(xb, sb, ctx_b, y_b) if control is not None else None
+        cond_or_uncond = [j.side for j in group]
         topts = dict(self.transformer_options)
-        topts["cond_or_uncond"] = [j.side for j in group]
-        topts["sigmas"] = sb
+        topts["cond_or_uncond"] = cond_or_uncond[:]
+        topts["uuids"] = [j.cond.uuid for j in group]
+        # ComfyUI's "sigmas": the step's sigma per latent of the batch (not per chunk).
+        topts["sigmas"] = sb[:b]
         self.model_calls += 1
-        out = self.model.apply(
-            xb, sb, context=ctx_b, y=y_b, c_concat=cc_b, control=ctrl, transformer_options=topts
-        )
+        wrapper = self.model_options.get("model_function_wrapper")
+        if wrapper is None:
+            out = self.model.apply(
+                xb, sb, context=ctx_b, y=y_b, c_concat=cc_b, control=ctrl, transformer_options=topts
+            )
+        else:
+            model_kw: dict[str, Any] = {"c_crossattn": ctx_b, "transformer_options": topts}
+            for key, value in (("y", y_b), ("c_concat", cc_b), ("control", ctrl)):
+                if value is not None:
+                    model_kw[key] = value
+            args = {"input": xb, "timestep": sb, "c": model_kw, "cond_or_uncond": cond_or_uncond}
+            out = wrapper(self.model.apply_model, args)
         return list(out.split(b)) if len(group) > 1 else [out]
 
     @staticmethod
@@ -403,30 +469,49 @@ class InpaintDenoiser:
         latent_image: torch.Tensor,
         noise: torch.Tensor,
         mask: torch.Tensor,
+        sigmas: torch.Tensor | None = None,
     ) -> None:
+        """``sigmas``: the run's schedule, for a MODEL's "denoise_mask_function" (ComfyUI's model
+        option ``fn(sigma, mask, extra_options={"model", "sigmas"}) -> mask``, read from the inner
+        guider's ``model_options``), which may change the mask at every step."""
         self.inner = inner
         self.model_sampling = model_sampling
         self.latent_image = latent_image
         self.noise = noise
         self.mask = mask
         self.keep = 1.0 - mask
+        self.sigmas = sigmas
+        self.mask_function = (getattr(inner, "model_options", None) or {}).get("denoise_mask_function")
 
-    def blend(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    def _masks(self, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.mask_function is None:
+            return self.mask, self.keep
+        model = getattr(getattr(self.inner, "model", None), "base_model", None)
+        mask = self.mask_function(sigma, self.mask, extra_options={"model": model, "sigmas": self.sigmas})
+        return mask, 1.0 - mask
+
+    def blend(self, x: torch.Tensor, sigma: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        if mask is None:
+            mask, keep = self._masks(sigma)
+        else:
+            keep = 1.0 - mask
         renoised = self.model_sampling.noise_scaling(sigma, self.noise, self.latent_image)
-        return x * self.mask + renoised * self.keep
+        return x * mask + renoised * keep
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        out = self.inner(self.blend(x, sigma), sigma)
-        return out * self.mask + self.latent_image * self.keep
+        mask, keep = self._masks(sigma)
+        out = self.inner(self.blend(x, sigma, mask), sigma)
+        return out * mask + self.latent_image * keep
 
     def with_uncond(self, x: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Like ``__call__`` plus the inner guider's unconditional estimate, which (as in ComfyUI,
         where the post-CFG hook runs inside the masked model) is not blended with the input."""
         inner_with_uncond = getattr(self.inner, "with_uncond", None)
-        xb = self.blend(x, sigma)
+        mask, keep = self._masks(sigma)
+        xb = self.blend(x, sigma, mask)
         if inner_with_uncond is None:
             out = self.inner(xb, sigma)
             uncond = out
         else:
             out, uncond = inner_with_uncond(xb, sigma)
-        return out * self.mask + self.latent_image * self.keep, uncond
+        return out * mask + self.latent_image * keep, uncond

@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+from engine.diffusion.models.latent_formats import IDENTITY, LatentFormat, latent_in
+
 from .diffusion_model import DiffusionModel
 from .guidance import CFGDenoiser, Conditioning, InpaintDenoiser, prepare_denoise_mask
 from .model_sampling import ModelSampling, is_max_denoise
@@ -84,6 +86,9 @@ def sample_custom(
 ) -> torch.Tensor:
     """Run ``sampler`` over ``sigmas`` from ``latent`` noised with ``noise`` (SamplerCustom family).
 
+    Works in the model's space: ``latent`` and the result are model-space latents (callers map LATENT
+    values in and out with the model's latent format, see ``sample``).
+
     ``denoiser`` is a guider such as ``CFGDenoiser`` (it must expose ``model_sampling`` unless one
     is passed). ``noise_mask`` (already shaped like the latent, see ``prepare_denoise_mask``) keeps
     the region where it is 0 on the input latent. Pass zeros as ``noise`` for add_noise = off. Per-step
@@ -99,7 +104,9 @@ def sample_custom(
     den: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = denoiser
     if noise_mask is not None:
         renoise = inpaint_noise(noise, seed) if sampler.random_inpaint_noise else noise
-        den = InpaintDenoiser(denoiser, ms, latent_image=latent, noise=renoise, mask=noise_mask)
+        den = InpaintDenoiser(
+            denoiser, ms, latent_image=latent, noise=renoise, mask=noise_mask, sigmas=sigmas
+        )
     x = ms.noise_scaling(sigmas[0], noise, latent, is_max_denoise(ms, sigmas))
     step_noise = sampler.make_noise(x, sigmas, seed)
     # The sampler's result is returned as it is, also when inpainting: the mask already acted on every
@@ -131,6 +138,7 @@ def sample(
     samplers: SamplerRegistry,
     schedulers: SchedulerRegistry,
     transformer_options: dict[str, Any] | None = None,
+    model_options: Mapping[str, Any] | None = None,
 ) -> torch.Tensor:
     """KSampler semantics; KSamplerAdvanced maps onto it as add_noise = not disable_noise,
     start_at_step/end_at_step = start_step/last_step, return_with_leftover_noise = "disable" ⇔
@@ -139,7 +147,11 @@ def sample(
     ``noise``: the initial noise, or None to draw it with ``prepare_noise(latent_image, seed,
     batch_inds)``. ``noise_mask``: a LATENT's "noise_mask" at any resolution (1 = repaint).
     ``samplers`` / ``schedulers``: where ``sampler_name`` and ``scheduler`` are looked up (the
-    runtime's library). Returns the sampled latent (same shape, dtype and device as ``latent_image``).
+    runtime's library). ``model_options``: the MODEL's ComfyUI options (see ``CFGDenoiser``).
+    ``latent_image`` is a raw VAE latent (the LATENT space); it is mapped into the model's space with
+    ``model.latent_format`` (an all-zero one is left as is) and the result mapped back, as ComfyUI's
+    CFGGuider does; the noise is not scaled. The callback's latents are in model space (previews).
+    Returns the sampled latent (same shape, dtype and device as ``latent_image``).
     """
     spec = samplers.get(sampler_name)
     ms = model.model_sampling
@@ -160,15 +172,19 @@ def sample(
     elif noise is None:
         noise = prepare_noise(latent_image, seed, batch_inds)
     noise = noise.to(latent_image.device, latent_image.dtype)
-    mask = prepare_denoise_mask(noise_mask, latent_image) if noise_mask is not None else None
+    fmt: LatentFormat = getattr(model, "latent_format", IDENTITY)
+    latent = latent_in(fmt, latent_image)
+    mask = prepare_denoise_mask(noise_mask, latent) if noise_mask is not None else None
     guider = CFGDenoiser(
         model,
         positive,
         negative,
         cfg,
-        like=latent_image,
-        latent_image=latent_image,
+        like=latent,
+        latent_image=latent,
         denoise_mask=mask,
         transformer_options=transformer_options,
+        model_options=model_options,
     )
-    return sample_custom(guider, spec, sigmas, noise, latent_image, callback, noise_mask=mask, seed=seed)
+    out = sample_custom(guider, spec, sigmas, noise, latent, callback, noise_mask=mask, seed=seed)
+    return fmt.process_out(out.float()).to(latent_image.dtype)

@@ -63,11 +63,24 @@ class FluxTextStack(nn.Module):
         ``clip_skip`` (ComfyUI's ``CLIPSetLastLayer``) selects T5's layer for the context; CLIP-L's pooled
         vector always comes from its final layer, so there it changes nothing (as in ComfyUI).
         """
-        context, _mask = self.t5xxl.encode(
-            prompt, clip_skip=clip_skip, drop_embeddings=embeddings is not None
+        return self.encode_parts(
+            prompt, prompt, clip_skip=clip_skip, embeddings=embeddings, warnings=warnings
         )
+
+    @torch.no_grad()
+    def encode_parts(
+        self,
+        clip_l: str,
+        t5xxl: str,
+        *,
+        clip_skip: int | None = None,
+        embeddings: EmbeddingLibrary | None = None,
+        warnings: list[str] | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """``CLIPTextEncodeFlux``: CLIP-L's prompt for the pooled vector, T5's for the context."""
+        context, _mask = self.t5xxl.encode(t5xxl, clip_skip=clip_skip, drop_embeddings=embeddings is not None)
         _hidden, pooled = self.clip_l.encode(
-            prompt, clip_skip=clip_skip, embeddings=embeddings, warnings=warnings
+            clip_l, clip_skip=clip_skip, embeddings=embeddings, warnings=warnings
         )
         assert pooled is not None
         return context, pooled.to(context.device)

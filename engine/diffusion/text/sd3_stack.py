@@ -127,33 +127,39 @@ class SD3TextStack(nn.Module):
         warnings: list[str] | None = None,
     ) -> SD3Conditioning:
         """Encode one prompt (see the module docstring); outputs are float32 on the encoders' device."""
+        return self.encode_parts(
+            prompt, prompt, prompt, clip_skip=clip_skip, embeddings=embeddings, warnings=warnings
+        )
+
+    @torch.no_grad()
+    def encode_parts(
+        self,
+        clip_l: str | None,
+        clip_g: str | None,
+        t5xxl: str | None,
+        *,
+        clip_skip: int | None = None,
+        embeddings: EmbeddingLibrary | None = None,
+        warnings: list[str] | None = None,
+    ) -> SD3Conditioning:
+        """A prompt per encoder (``CLIPTextEncodeSD3``); None = no tokens for that encoder, ComfyUI's
+        ``empty_padding="none"`` with an empty text: CLIP-L and CLIP-G both None leave the CLIP part out,
+        one of them None is the empty prompt (padded to the other's 77-token chunks, as ComfyUI's node
+        pads the token lists), T5 None is the lone ``</s>`` token."""
         dims = self.dims
         kwargs: dict[str, Any] = {"clip_skip": clip_skip, "embeddings": embeddings, "warnings": warnings}
-        lg: Tensor | None = None
-        l_pooled: Tensor | None = None
-        g_pooled: Tensor | None = None
-        if self.clip_l is not None:
-            lg, l_pooled = self.clip_l.encode(prompt, **kwargs)
-        if self.clip_g is not None:
-            g, g_pooled = self.clip_g.encode(prompt, **kwargs)
-            if lg is not None:
-                length = min(lg.shape[1], g.shape[1])
-                lg = torch.cat([lg[:, :length], g[:, :length]], dim=-1)
-            else:
-                lg = nn.functional.pad(g, (dims.clip_l, 0))
-        pooled = None
-        if lg is not None:
-            lg = nn.functional.pad(lg, (0, dims.context - lg.shape[-1]))
-            device = lg.device
-            if l_pooled is None:
-                l_pooled = torch.zeros(1, dims.clip_l, device=device)
-            if g_pooled is None:
-                g_pooled = torch.zeros(1, dims.clip_g_pooled, device=device)
-            pooled = torch.cat([l_pooled, g_pooled], dim=-1)
+        lg, pooled = None, None
+        if clip_l is not None or clip_g is not None:
+            lg, pooled = self._clip_part(clip_l or "", clip_g or "", kwargs)
         cond = lg
         extra: dict[str, Any] = {}
         if self.t5xxl is not None:
-            t5, mask = self.t5xxl.encode(prompt, clip_skip=clip_skip, drop_embeddings=embeddings is not None)
+            t5, mask = self.t5xxl.encode(
+                t5xxl or "",
+                clip_skip=clip_skip,
+                drop_embeddings=embeddings is not None,
+                min_length=1 if t5xxl is None else None,
+            )
             cond = t5 if lg is None else torch.cat([lg, t5.to(lg.device)], dim=-2)
             if self.t5_attention_mask:
                 extra["attention_mask"] = mask
@@ -162,3 +168,40 @@ class SD3TextStack(nn.Module):
         if pooled is None:
             pooled = torch.zeros(1, dims.clip_l + dims.clip_g_pooled, device=cond.device)
         return SD3Conditioning(cond, pooled, extra)
+
+    def _clip_part(self, text_l: str, text_g: str, kwargs: dict[str, Any]) -> tuple[Tensor | None, Tensor]:
+        """``[clip_l | clip_g]`` features padded to the context width, and the pooled vector."""
+        dims = self.dims
+        lg: Tensor | None = None
+        l_pooled: Tensor | None = None
+        g_pooled: Tensor | None = None
+        if self.clip_l is not None:
+            lg, l_pooled = self.clip_l.encode(text_l, **kwargs)
+        if self.clip_g is not None:
+            g, g_pooled = self.clip_g.encode(text_g, **kwargs)
+            if lg is not None:
+                length = max(lg.shape[1], g.shape[1])
+                lg = _pad_chunks(lg, self.clip_l, length, kwargs["clip_skip"])
+                g = _pad_chunks(g, self.clip_g, length, kwargs["clip_skip"])
+                lg = torch.cat([lg, g], dim=-1)
+            else:
+                lg = nn.functional.pad(g, (dims.clip_l, 0))
+        device = lg.device if lg is not None else None
+        if lg is not None:
+            lg = nn.functional.pad(lg, (0, dims.context - lg.shape[-1]))
+        if l_pooled is None:
+            l_pooled = torch.zeros(1, dims.clip_l, device=device)
+        if g_pooled is None:
+            g_pooled = torch.zeros(1, dims.clip_g_pooled, device=device)
+        return lg, torch.cat([l_pooled, g_pooled.to(l_pooled.device)], dim=-1)
+
+
+def _pad_chunks(cond: Tensor, encoder: SDTextEncoder | None, length: int, clip_skip: int | None) -> Tensor:
+    """``cond`` extended with empty-prompt chunks up to ``length`` tokens (ComfyUI pads the shorter of
+    CLIP-L's and CLIP-G's token lists with empty 77-token chunks)."""
+    if cond.shape[1] >= length or encoder is None:
+        return cond
+    empty, _ = encoder.encode("", clip_skip=clip_skip)
+    while cond.shape[1] < length:
+        cond = torch.cat([cond, empty.to(cond.device)], dim=1)
+    return cond

@@ -75,22 +75,31 @@ class T5TextEncoder(nn.Module):
     def width(self) -> int:
         return int(self.t5xxl.config.d_model)
 
-    def tokenize(self, prompt: str, *, drop_embeddings: bool = False) -> list[WeightedToken]:
-        """The weighted token row of ``prompt`` (ids are ints: T5 takes no embedding vectors)."""
+    def tokenize(
+        self, prompt: str, *, drop_embeddings: bool = False, min_length: int | None = None
+    ) -> list[WeightedToken]:
+        """The weighted token row of ``prompt`` (ids are ints: T5 takes no embedding vectors), padded to
+        ``min_length`` (the encoder's own when None)."""
         resolver = (lambda _name: None) if drop_embeddings else None
         tokenized = tokenize_prompt(prompt, self.tokenizer, resolve_embedding=resolver, has_start_token=False)
         tokens = [token for group in tokenized.groups for token in group]
-        return t5_token_row(tokens, self.min_length)
+        return t5_token_row(tokens, self.min_length if min_length is None else min_length)
 
     @torch.no_grad()
     def encode(
-        self, prompt: str, *, clip_skip: int | None = None, drop_embeddings: bool = False
+        self,
+        prompt: str,
+        *,
+        clip_skip: int | None = None,
+        drop_embeddings: bool = False,
+        min_length: int | None = None,
     ) -> tuple[Tensor, Tensor]:
-        """``(hidden states (1, N, d_model) float32, attention mask (1, N) long)``, N >= ``min_length``.
+        """``(hidden states (1, N, d_model) float32, attention mask (1, N) long)``, N >= ``min_length``
+        (the encoder's own when None).
 
         The mask is returned whether or not it was applied, so callers can pass it on when asked to.
         """
-        row = self.tokenize(prompt, drop_embeddings=drop_embeddings)
+        row = self.tokenize(prompt, drop_embeddings=drop_embeddings, min_length=min_length)
         # T5 rows hold ids only: tokenize() never accepts an embedding reference.
         ids = [t for t, _ in row if isinstance(t, int)]
         assert len(ids) == len(row)

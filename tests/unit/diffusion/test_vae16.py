@@ -39,40 +39,35 @@ def test_dtype_is_read_without_quant_convs() -> None:
     assert model.dtype == torch.bfloat16
 
 
-def test_encode_normalises_with_shift_then_scale() -> None:
+def test_encode_gives_raw_latents_without_shift_or_scale() -> None:
+    """The shift/scale of the SD3/Flux formats is applied by the sampler, not the VAE (as ComfyUI)."""
     model = _vae("flux")
-    cfg = model.config
     x = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(1)) * 2 - 1
     with torch.no_grad():
         raw_mean = model.encoder(x).chunk(2, dim=1)[0]
         z = model.encode(x)
-    assert torch.allclose(z, (raw_mean - cfg.shift_factor) * cfg.scaling_factor, atol=1e-5)
+    assert torch.allclose(z, raw_mean, atol=1e-6)
 
 
-def test_sampled_encode_shifts_after_sampling() -> None:
+def test_sampled_encode_samples_the_raw_posterior() -> None:
     model = _vae("sd3")
-    cfg = model.config
     x = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(2)) * 2 - 1
     with torch.no_grad():
         mean, logvar = model.encoder(x).chunk(2, dim=1)
         noise = torch.randn(mean.shape, generator=torch.Generator().manual_seed(7))
-        expected = (
-            mean + torch.exp(0.5 * logvar.clamp(-30, 20)) * noise - cfg.shift_factor
-        ) * cfg.scaling_factor
+        expected = mean + torch.exp(0.5 * logvar.clamp(-30, 20)) * noise
         z = model.encode(x, generator=torch.Generator().manual_seed(7))
     assert torch.allclose(z, expected, atol=1e-5)
 
 
-def test_decode_unnormalises_once_before_tiling() -> None:
+def test_decode_takes_raw_latents_also_when_tiled() -> None:
     model = _vae("flux")
-    cfg = model.config
     z = torch.randn(1, 16, 12, 12, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         whole = model.decode(z)
-        assert torch.allclose(whole, model.decoder(z / cfg.scaling_factor + cfg.shift_factor), atol=1e-5)
+        assert torch.allclose(whole, model.decoder(z), atol=1e-5)
         tiled = model.decode(z, tile_size=16, tile_overlap=8)
-        raw = z / cfg.scaling_factor + cfg.shift_factor
-        expected = _run_tiled(model._decode, raw, tile=8, overlap=4, align=1, num=2, den=1)
+        expected = _run_tiled(model._decode, z, tile=8, overlap=4, align=1, num=2, den=1)
     assert torch.allclose(tiled, expected, atol=1e-5)
 
 

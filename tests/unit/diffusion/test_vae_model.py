@@ -62,18 +62,22 @@ def test_config_inference_errors_name_the_key() -> None:
         vae_config_from_state_dict({k: v for k, v in sd.items() if not k.startswith("post_quant")})
 
 
-def test_encode_scales_and_samples(vae: AutoencoderKL) -> None:
+def test_encode_gives_the_raw_posterior_mean_and_samples(vae: AutoencoderKL) -> None:
+    """Latents are raw (ComfyUI's LATENT space): the scale factor is the sampler's business."""
     x = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(1)) * 2 - 1
     with torch.no_grad():
         mean = vae.encode(x)
-        unscaled = dataclasses.replace(vae.config, scaling_factor=1.0)
-        other = AutoencoderKL(unscaled)
+        raw = vae.quant_conv(vae.encoder(x)).chunk(2, dim=1)[0]
+        other = AutoencoderKL(dataclasses.replace(vae.config, scaling_factor=1.0))
         other.load_state_dict(vae.state_dict())
-        raw = other.encode(x)
         s1 = vae.encode(x, generator=torch.Generator().manual_seed(7))
         s2 = vae.encode(x, generator=torch.Generator().manual_seed(7))
+        decoded = vae.decode(mean)
+        by_hand = vae.decoder(vae.post_quant_conv(mean))
     assert mean.shape == (1, 4, 8, 8)
-    assert torch.allclose(mean, raw * 0.18215, atol=1e-6)
+    assert torch.allclose(mean, raw, atol=1e-6)
+    assert torch.equal(mean, other.encode(x))
+    assert torch.allclose(decoded, by_hand, atol=1e-6)
     assert torch.equal(s1, s2)
     assert (s1 - mean).abs().max() > 1e-3
 
@@ -108,7 +112,8 @@ def column_jumps(img: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.slow
 def test_tiled_decode_is_close_and_seamless(vae: AutoencoderKL) -> None:
-    z = torch.randn(1, 4, 48, 48, generator=torch.Generator().manual_seed(1))
+    # Raw latents of the magnitude real SD1 latents have (unit variance in the model's space).
+    z = torch.randn(1, 4, 48, 48, generator=torch.Generator().manual_seed(1)) / 0.18215
     with torch.no_grad():
         full = vae.decode(z)
         tiled = vae.decode(z, tile_size=48, tile_overlap=16)  # 24-latent tiles, 8-latent overlap

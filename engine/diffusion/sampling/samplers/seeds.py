@@ -14,6 +14,7 @@ is finite, as ComfyUI does.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -57,9 +58,13 @@ def sample_er_sde(
     callback: StepCallback | None = None,
     s_noise: float = 1.0,
     max_stage: int = 3,
+    noise_scaler: Callable[[Any], Any] | None = None,
 ) -> torch.Tensor:
     """ER-SDE-Solver of up to ``max_stage`` stages (1: Euler-type, 2 and 3 add first and second
-    differences of the x0 estimates in l = sigma/alpha)."""
+    differences of the x0 estimates in l = sigma/alpha). ``noise_scaler`` replaces the noise scale
+    function f(l) (ComfyUI's SamplerER_SDE passes l^(eta + 1) for its reverse-time SDE and ODE types);
+    it is applied to floats and to float64 tensors."""
+    scale_f, scale_t = (_er_scaler, _er_scaler_t) if noise_scaler is None else (noise_scaler, noise_scaler)
     ms = getattr(denoiser, "model_sampling", None)
     sig = snr_sigmas(sigmas, ms)
     n = len(sig) - 1
@@ -77,20 +82,20 @@ def sample_er_sde(
         else:
             ls, lt = er[i], er[i + 1]
             a_s, a_t = s / ls, sn / lt
-            r = _er_scaler(lt) / _er_scaler(ls)
+            r = scale_f(lt) / scale_f(ls)
             x = x * (a_t / a_s * r) + den * (a_t * (1 - r))
             if stage >= 2 and old_den is not None:
                 dt = lt - ls
                 step = -dt / 200.0
                 pos = lt + idx * step
-                scaled = _er_scaler_t(pos)
+                scaled = scale_t(pos)
                 s_int = float((1 / scaled).sum()) * step
                 dd = (den - old_den) / (ls - er[i - 1])
-                x = x + dd * (a_t * (dt + s_int * _er_scaler(lt)))
+                x = x + dd * (a_t * (dt + s_int * scale_f(lt)))
                 if stage >= 3 and old_dd is not None:
                     s_u = float(((pos - ls) / scaled).sum()) * step
                     du = (dd - old_dd) / ((ls - er[i - 2]) / 2)
-                    x = x + du * (a_t * (dt**2 / 2 + s_u * _er_scaler(lt)))
+                    x = x + du * (a_t * (dt**2 / 2 + s_u * scale_f(lt)))
                 old_dd = dd
             if s_noise > 0:
                 var = lt**2 - ls**2 * r**2

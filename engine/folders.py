@@ -32,6 +32,12 @@ MODEL_KINDS = (
     "text_encoders",
     "clip_vision",
     "vae_approx",
+    "style_models",
+    "gligen",
+    "hypernetworks",
+    "photomaker",
+    "configs",
+    "diffusers",
 )
 _ALIASES = {"diffusion_models": "unet", "text_encoders": "clip"}
 # Folders that HTTP requests can read or write: paths there are confined after resolving symlinks.

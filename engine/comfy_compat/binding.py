@@ -13,6 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from engine.comfy_compat.folders_adapter import FolderTable
+from engine.comfy_compat.prompt_server import ServerBridge
+
 ENV_DIRECTORY = Path(__file__).resolve().parent / "env"
 
 
@@ -42,6 +45,18 @@ def current() -> ComfyBinding:
     return _current
 
 
+def current_or_none() -> ComfyBinding | None:
+    """The binding, or None when no runtime loaded packs (for code that must work either way)."""
+    return _current
+
+
+def binding_of(registry: Any) -> ComfyBinding | None:
+    """The current binding if it belongs to the runtime whose registry is `registry`, else None (the
+    server asks so: only the runtime that loaded the packs serves their routes)."""
+    binding = _current
+    return binding if binding is not None and binding.registry is registry else None
+
+
 def env_module_names() -> set[str]:
     """The top-level names env/ provides (folder_paths, nodes, comfy, ...)."""
     names = set()
@@ -60,6 +75,7 @@ def install_environment(binding: ComfyBinding) -> None:
     binding are dropped from sys.modules so that packs imported from now on see this runtime."""
     global _current
     _current = binding
+    _create_state(binding)
     top = env_module_names()
     for name in [n for n in sys.modules if n.split(".", 1)[0] in top]:
         del sys.modules[name]
@@ -67,3 +83,12 @@ def install_environment(binding: ComfyBinding) -> None:
     if entry in sys.path:
         sys.path.remove(entry)
     sys.path.insert(0, entry)  # first: a pip package called `server` or `nodes` must not shadow ComfyUI's
+
+
+def _create_state(binding: ComfyBinding) -> None:
+    """ComfyUI's process-wide objects, made when the runtime binds (before any pack imports): the live
+    folder table of `folder_paths` and the `PromptServer.instance` bridge (headless runs have one too)."""
+    if "folder_table" not in binding.state:
+        binding.state["folder_table"] = FolderTable(binding.folders)
+    if "prompt_server" not in binding.state:
+        binding.state["prompt_server"] = ServerBridge()

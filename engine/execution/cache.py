@@ -45,6 +45,9 @@ class CachedResult:
     outputs: list[list[Any]]  # per output index, the list of values (list semantics, see executor)
     ui: dict[str, Any] | None
     nbytes: int = 0
+    # An output holds an ExecutionBlocker (engine/execution/expansion.py): the executor then checks the
+    # consumers' inputs for blockers, which it skips for every other node.
+    blocked: bool = False
 
 
 def estimate_nbytes(value: Any, depth: int = 0) -> int:

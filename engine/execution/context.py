@@ -88,6 +88,14 @@ class ExecutionContext:
     def check_interrupt(self) -> None:
         self._interrupt.raise_if_set()
 
+    def request_interrupt(self, value: bool = True) -> None:
+        """Set (or with False, clear) the running prompt's interrupt flag from inside the node
+        (ComfyUI's interrupt_current_processing: packs use it to stop, or to swallow a stop)."""
+        if value:
+            self._interrupt.set()
+        else:
+            self._interrupt.clear()
+
     @property
     def interrupted(self) -> bool:
         return self._interrupt.is_set()

@@ -10,6 +10,11 @@ it still needs; it is called again after those have run, until it asks for nothi
 
 A failing node stops the nodes that depend on it; independent branches still run, and the result
 reports the failure with the node id, type, message and traceback.
+
+Expansion and blockers (ComfyUI's dynamic execution, engine/execution/expansion.py): a node returning
+`{"result": ..., "expand": graph}` has the graph's nodes added to the run and executed, and receives the
+outputs its result links to; an ExecutionBlocker reaching a node's input stops that call, and the node's
+outputs become blockers, so nothing downstream runs.
 """
 
 from __future__ import annotations
@@ -27,11 +32,10 @@ from engine.declarations import (
     HIDDEN_EXTRA_PNGINFO,
     HIDDEN_PROMPT,
     HIDDEN_UNIQUE_ID,
-    NodeDefinition,
-    NodeOutput,
 )
 from engine.errors import ExecutionInterrupted, NodeExecutionError
 from engine.execution.cache import CachedResult, OutputCache, content_key, estimate_nbytes, static_key_part
+from engine.execution.calling import blocker_in, call_mapped
 from engine.execution.context import ExecutionContext, InterruptFlag, node_running
 from engine.execution.events import (
     EventSink,
@@ -43,6 +47,18 @@ from engine.execution.events import (
     NodeExecuted,
     NodeExecuting,
     discard,
+)
+from engine.execution.expansion import (
+    BLOCKED_EXCEPTION_TYPE,
+    HIDDEN_DYNPROMPT,
+    DynamicPrompt,
+    ExecutionBlocker,
+    ExpansionError,
+    PendingExpansion,
+    blocked_message,
+    is_link,
+    plain_constants,
+    prepare_expansion,
 )
 from engine.graph.validate import PreparedNode, ValidatedWorkflow, validate_workflow
 from engine.graph.workflow import Workflow
@@ -60,6 +76,8 @@ class ExecutionResult:
     ui_outputs: dict[str, dict[str, Any]] = field(default_factory=dict)
     errors: list[NodeExecutionError] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)  # node id -> id of the failed node it needed
+    # node id -> message of the ExecutionBlocker that stopped it (None: blocked silently)
+    blocked: dict[str, str | None] = field(default_factory=dict)
     results: dict[str, CachedResult] = field(default_factory=dict)
 
     @property
@@ -141,6 +159,10 @@ class _Run:
         self.keys: dict[str, bytes] = {}
         self.lazy_requested: dict[str, set[str]] = {}
         self._api_prompt: dict[str, Any] | None = None
+        self.expansions: dict[str, PendingExpansion] = {}  # expanded nodes waiting for their subgraph
+        self.blocked_ids: set[str] = set()  # nodes whose outputs hold an ExecutionBlocker
+        self._dynamic_prompt: DynamicPrompt | None = None  # made when a node asks for DYNPROMPT
+        self.expanded_from: dict[str, tuple[str, dict[str, Any]]] = {}  # added node -> (parent, its entry)
 
     # -- driver ---------------------------------------------------------------------------------
 
@@ -183,13 +205,16 @@ class _Run:
                     sorted((name, link.node_id, link.output_index) for name, link in node.links.items()),
                 )
             prefix, links = static[node_id]
-            fingerprint = self._fingerprint(node) if definition.fingerprint is not None else None
-            if isinstance(fingerprint, float) and math.isnan(fingerprint):
-                fingerprint = ("always-changed", os.urandom(8).hex())
-            keys = self.keys
-            self.keys[node_id] = content_key(
-                prefix, fingerprint, [(name, keys[source], index) for name, source, index in links]
-            )
+            self.keys[node_id] = self._key(node, prefix, links)
+
+    def _key(self, node: PreparedNode, prefix: bytes, links: list[tuple[str, str, int]]) -> bytes:
+        fingerprint = self._fingerprint(node) if node.definition.fingerprint is not None else None
+        if isinstance(fingerprint, float) and math.isnan(fingerprint):
+            fingerprint = ("always-changed", os.urandom(8).hex())
+        keys = self.keys
+        return content_key(
+            prefix, fingerprint, [(name, keys[source], index) for name, source, index in links]
+        )
 
     def _fingerprint(self, node: PreparedNode) -> Any:
         hook = node.definition.fingerprint
@@ -220,6 +245,9 @@ class _Run:
                     self._use_cached(node, hit)
                     stack.pop()
                     continue
+            elif self.expansions and node_id in self.expansions:
+                self._continue_expansion(node, stack)
+                continue
             pending = [src for src in self._sources_needed(node) if src not in self.values]
             failed = [src for src in pending if src in self.result.skipped]
             if failed:
@@ -232,7 +260,28 @@ class _Run:
             if node.lazy_inputs and self._request_lazy(node):
                 continue  # newly requested lazy sources are now pending
             self._execute(node)
+            if not (self.expansions and node_id in self.expansions):
+                stack.pop()  # an expanded node stays, to take its outputs once its subgraph ran
+
+    def _continue_expansion(self, node: PreparedNode, stack: list[str]) -> None:
+        pending = self.expansions[node.node_id]
+        waiting = [n for n in pending.waits_for if n not in self.values]
+        failed = [n for n in waiting if n in self.result.skipped]
+        if failed:
+            del self.expansions[node.node_id]
+            self.result.skipped[node.node_id] = self.result.skipped[failed[0]]
             stack.pop()
+        elif waiting:
+            stack.extend(waiting)
+        else:
+            del self.expansions[node.node_id]
+            stack.pop()
+            try:
+                outputs, blocked = self._expanded_outputs(node, pending)
+            except Exception as exc:
+                self._fail(node, exc)
+                return
+            self._store(node, outputs, pending.ui, blocked, announce=False)
 
     def _sources_needed(self, node: PreparedNode) -> list[str]:
         requested = self.lazy_requested.get(node.node_id, set())
@@ -245,13 +294,16 @@ class _Run:
     def _request_lazy(self, node: PreparedNode) -> bool:
         """Ask the node which lazy inputs it needs; True if that added inputs still to be evaluated."""
         hook = node.definition.check_lazy
-        assert hook is not None
+        if hook is None:
+            return False  # as ComfyUI: without a check_lazy_status, lazy inputs are never evaluated
         gathered = self._gather(node)
         available: dict[str, Any] = (
             dict(gathered)
             if node.definition.input_is_list
             else {k: v[0] if v else None for k, v in gathered.items()}
         )
+        if self._takes_blocked(node) and blocker_in(available, node.definition.input_is_list):
+            return False  # a blocked call asks for nothing (ComfyUI skips the hook as it skips the call)
         try:
             wanted = hook(**_accepted(hook, available)) or []
         except Exception as exc:
@@ -266,6 +318,8 @@ class _Run:
 
     def _use_cached(self, node: PreparedNode, hit: CachedResult) -> None:
         self.values[node.node_id] = hit
+        if hit.blocked:
+            self.blocked_ids.add(node.node_id)
         self.result.cached.append(node.node_id)
         if hit.ui is not None:
             self.result.ui_outputs[node.node_id] = hit.ui
@@ -294,9 +348,12 @@ class _Run:
         context = self._context(node)
         if definition.wants_context:
             extra["context"] = context
+        check_blocked = self._takes_blocked(node)
         try:
             with node_running(context):
-                outputs, ui = _call_mapped(definition, inputs, extra)
+                outputs, ui, calls, blocked, stopped_by = call_mapped(
+                    definition, inputs, extra, check_blocked
+                )
         except ExecutionInterrupted:
             raise  # `_running` stays set so the interrupted event can name this node
         except Exception as exc:
@@ -304,13 +361,130 @@ class _Run:
             self._fail(node, exc, inputs)
             return
         self._running = None
-        entry = CachedResult(outputs, ui, estimate_nbytes(outputs))
+        if stopped_by:
+            self._report_blocked(node, stopped_by)
+        if calls is None:
+            self._store(node, outputs, ui, blocked)
+            return
+        try:
+            self._expand(node, calls, ui)
+        except Exception as exc:
+            self._fail(node, exc, inputs)
+
+    def _takes_blocked(self, node: PreparedNode) -> bool:
+        """Whether an input of the node comes from a node whose outputs hold a blocker (cheap when none do)."""
+        blocked = self.blocked_ids
+        return bool(blocked) and any(link.node_id in blocked for link in node.links.values())
+
+    def _store(
+        self,
+        node: PreparedNode,
+        outputs: list[list[Any]],
+        ui: dict[str, Any] | None,
+        blocked: bool,
+        announce: bool = True,
+    ) -> None:
+        entry = CachedResult(outputs, ui, estimate_nbytes(outputs), blocked)
         self.values[node.node_id] = entry
         self.cache.put(self.keys[node.node_id], entry)
         self.result.executed.append(node.node_id)
+        if blocked:
+            self.blocked_ids.add(node.node_id)
         if ui is not None:
             self.result.ui_outputs[node.node_id] = ui
-            self.sink(NodeExecuted(prompt_id, node.node_id, node.node_type, ui))
+            if announce:
+                self.sink(NodeExecuted(self.result.prompt_id, node.node_id, node.node_type, ui))
+
+    def _report_blocked(self, node: PreparedNode, stopped_by: list[ExecutionBlocker]) -> None:
+        """Record that blockers stopped the node; one with a message is reported as ComfyUI reports it (an
+        execution_error naming this node, with no traceback), and the run goes on."""
+        messages = [b.message for b in stopped_by if b.message is not None]
+        self.result.blocked[node.node_id] = messages[0] if messages else None
+        for message in messages:
+            self.sink(
+                ExecutionFailed(
+                    self.result.prompt_id,
+                    node.node_id,
+                    node.node_type,
+                    blocked_message(message),
+                    BLOCKED_EXCEPTION_TYPE,
+                    [],
+                    {},
+                    list(self.result.executed),
+                )
+            )
+
+    # -- expansion ------------------------------------------------------------------------------
+
+    def _expand(self, node: PreparedNode, calls: list[tuple[Any, tuple[Any, ...]]], ui: Any) -> None:
+        """Add the subgraphs the node's calls returned to the run; the node waits for what its results link
+        to and for the subgraphs' output nodes (ComfyUI runs those too)."""
+        graph: dict[str, Any] = {}
+        for call_graph, _ in calls:
+            for node_id in call_graph or {}:
+                if str(node_id) in graph:
+                    raise ExpansionError(f"Attempt to add duplicate node {node_id}.")
+            graph.update({str(k): v for k, v in (call_graph or {}).items()})
+        prepared, order = prepare_expansion(graph, self.executor.registry, self.nodes)
+        if any(link.node_id == node.node_id for added in prepared.values() for link in added.links.values()):
+            # it would wait for its own outputs (ComfyUI reports such a graph as a dependency cycle)
+            raise ExpansionError(f"the expansion of node {node.node_id} links to that node's own outputs")
+        waits = [node_id for node_id in order if prepared[node_id].definition.output_node]
+        for call_graph, values in calls:
+            for value in values if call_graph is not None else ():
+                if is_link(value):
+                    if value[0] == node.node_id or (value[0] not in prepared and value[0] not in self.nodes):
+                        raise ExpansionError(
+                            f"the expansion result links to node {value[0]!r}, which does not exist"
+                        )
+                    waits.append(value[0])
+        if self.nodes is self.validated.nodes:
+            self.nodes = dict(self.nodes)  # the validated workflow is reused by re-runs: never grow it
+        self.nodes.update(prepared)
+        for node_id in order:
+            self.expanded_from[node_id] = (node.node_id, graph[node_id])
+            if self._dynamic_prompt is not None:
+                display = graph[node_id].get("override_display_id", node.node_id)
+                self._dynamic_prompt.add_ephemeral_node(node_id, graph[node_id], node.node_id, display)
+        for node_id in order:
+            self.keys[node_id] = self._expanded_key(prepared[node_id])
+        self.expansions[node.node_id] = PendingExpansion(calls, ui, list(dict.fromkeys(waits)))
+        if ui is not None:
+            self.result.ui_outputs[node.node_id] = ui
+            self.sink(NodeExecuted(self.result.prompt_id, node.node_id, node.node_type, ui))
+
+    def _expanded_key(self, node: PreparedNode) -> bytes:
+        definition = node.definition
+        unique = node.node_id if HIDDEN_UNIQUE_ID in definition.hidden.values() else None
+        if plain_constants(node.constants):
+            prefix = static_key_part(definition.node_type, definition.version, node.constants, unique)
+        else:  # a value whose repr does not identify it: usable in this run only
+            prefix = static_key_part(definition.node_type, definition.version, {}, os.urandom(8).hex())
+        links = sorted((name, link.node_id, link.output_index) for name, link in node.links.items())
+        return self._key(node, prefix, links)
+
+    def _expanded_outputs(
+        self, node: PreparedNode, pending: PendingExpansion
+    ) -> tuple[list[list[Any]], bool]:
+        """The expanding node's outputs: per call, a linked value is the linked output's values, any other
+        value is taken as a node's own result value would be."""
+        declared = node.definition.outputs
+        outputs: list[list[Any]] = [[] for _ in declared]
+        blocked = False
+        for call_graph, values in pending.calls:
+            for index, output in enumerate(declared):
+                value: Any = values[index] if index < len(values) else None
+                if call_graph is not None and is_link(value):
+                    source = self.values[value[0]]
+                    outputs[index].extend(source.outputs[int(value[1])])
+                    blocked = blocked or source.blocked
+                elif output.is_list and isinstance(value, list | tuple):
+                    outputs[index].extend(value)
+                    blocked = blocked or any(isinstance(v, ExecutionBlocker) for v in value)
+                else:
+                    outputs[index].append(value)
+                    blocked = blocked or isinstance(value, ExecutionBlocker)
+        return outputs, blocked
 
     def _context(self, node: PreparedNode) -> ExecutionContext:
         return ExecutionContext(
@@ -333,9 +507,21 @@ class _Run:
                 extra[param] = self._api_prompt
             elif kind == HIDDEN_EXTRA_PNGINFO:
                 extra[param] = self.extra_data.get("extra_pnginfo")
+            elif kind == HIDDEN_DYNPROMPT:
+                extra[param] = self._dynprompt()
             else:
                 extra[param] = None
         return extra
+
+    def _dynprompt(self) -> DynamicPrompt:
+        if self._dynamic_prompt is None:
+            if self._api_prompt is None:
+                self._api_prompt = self.validated.workflow.to_api()
+            self._dynamic_prompt = DynamicPrompt(self._api_prompt)
+            for node_id, (parent, info) in self.expanded_from.items():  # expansions before anyone asked
+                display = info.get("override_display_id", parent)
+                self._dynamic_prompt.add_ephemeral_node(node_id, info, parent, display)
+        return self._dynamic_prompt
 
     def _fail(
         self, node: PreparedNode, exc: BaseException, inputs: dict[str, list[Any]] | None = None
@@ -357,64 +543,6 @@ class _Run:
                 list(self.result.executed),
             )
         )
-
-
-def _call_mapped(
-    definition: NodeDefinition, inputs: dict[str, list[Any]], extra: dict[str, Any]
-) -> tuple[list[list[Any]], dict[str, Any] | None]:
-    n_outputs = len(definition.outputs)
-    outputs: list[list[Any]] = [[] for _ in range(n_outputs)]
-    ui: dict[str, Any] | None = None
-    if definition.input_is_list:
-        calls = [{**inputs, **extra}]
-    else:
-        lengths = [len(v) for v in inputs.values()]
-        if any(length == 0 for length in lengths):
-            return outputs, None  # an empty list input: nothing to map over
-        count = max(lengths, default=1)
-        calls = [{name: v[min(i, len(v) - 1)] for name, v in inputs.items()} | extra for i in range(count)]
-    for arguments in calls:
-        values, call_ui = _normalize(definition, definition.function(**arguments))
-        for index, value in enumerate(values[:n_outputs]):
-            if definition.outputs[index].is_list:
-                outputs[index].extend(value)
-            else:
-                outputs[index].append(value)
-        if call_ui:
-            ui = ui or {}
-            for key, items in call_ui.items():
-                if isinstance(items, list):
-                    ui.setdefault(key, []).extend(items)
-                else:
-                    ui[key] = items
-    return outputs, ui
-
-
-def _normalize(definition: NodeDefinition, result: Any) -> tuple[tuple[Any, ...], dict[str, Any] | None]:
-    ui = None
-    if isinstance(result, NodeOutput):
-        values, ui = result.values, result.ui
-    elif isinstance(result, dict) and ("ui" in result or "result" in result):
-        values, ui = tuple(result.get("result") or ()), result.get("ui")
-    elif isinstance(result, tuple | list):
-        values = tuple(result)
-    elif result is None and not definition.outputs:
-        values = ()
-    else:
-        raise TypeError(
-            f"{definition.node_type} returned {type(result).__name__}; a node function must return a tuple "
-            f"with one value per output ({len(definition.outputs)}), a NodeOutput, or {{'ui':..., 'result':...}}"
-        )
-    if len(values) != len(definition.outputs) and not (not values and definition.output_node):
-        raise TypeError(
-            f"{definition.node_type} returned {len(values)} value(s) but declares {len(definition.outputs)} output(s)"
-        )
-    for index, output in enumerate(definition.outputs):
-        if output.is_list and index < len(values) and not isinstance(values[index], list | tuple):
-            raise TypeError(
-                f"{definition.node_type} output {index} is declared as a list but got {type(values[index]).__name__}"
-            )
-    return values, ui
 
 
 def _takes(function: Any, name: str) -> bool:

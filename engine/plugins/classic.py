@@ -13,6 +13,8 @@ min/max or the choices, a name both required and optional) are repaired with a w
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -28,6 +30,9 @@ from engine.registry import _check_input as check_input
 # Set on a classic node's function when its "optional" dict claims every key (`__contains__` always
 # True): the validator then passes the prompt's undeclared inputs through, as ComfyUI does.
 ACCEPTS_ANY_INPUT = "accepts_any_input"
+# A node class with a callable of this name builds its own NodeDefinition: hook(node_type, display_name,
+# warnings). The compatibility layer's V3 base class (io.ComfyNode) has one; this layer knows only the name.
+DEFINITION_HOOK = "__diffgraph_definition__"
 # A key no real declaration uses, to probe wildcard types and catch-all dicts.
 _PROBE = "\x00diffgraph-probe"
 
@@ -106,6 +111,13 @@ def _read_input_types(
         declared = cls.INPUT_TYPES()  # type: ignore[attr-defined]
     except Exception as exc:
         raise NodeDefinitionError(node_type, f"INPUT_TYPES() raised {type(exc).__name__}: {exc}") from exc
+    return parse_input_types(node_type, declared, warnings)
+
+
+def parse_input_types(
+    node_type: str, declared: Any, warnings: list[str] | None = None
+) -> tuple[tuple[Input, ...], dict[str, str], bool]:
+    """What `_read_input_types` gives, from an INPUT_TYPES() dict already read (the V3 adapter builds one)."""
     if not isinstance(declared, dict):
         raise NodeDefinitionError(
             node_type, "INPUT_TYPES() must return a dict with 'required'/'optional'/'hidden'"
@@ -165,9 +177,13 @@ def adapt_classic_node(
     node_type: str, cls: type, display_name: str | None = None, warnings: list[str] | None = None
 ) -> NodeDefinition:
     """Build the NodeDefinition for one entry of a pack's NODE_CLASS_MAPPINGS; what was tolerated in its
-    declaration is appended to `warnings`."""
+    declaration is appended to `warnings`. A class that builds its own definition (ComfyUI's V3 nodes, through
+    the DEFINITION_HOOK the compatibility layer gives them) is asked for it."""
     if not inspect.isclass(cls):
         raise NodeDefinitionError(node_type, f"NODE_CLASS_MAPPINGS value {cls!r} is not a class")
+    hook = getattr(cls, DEFINITION_HOOK, None)
+    if callable(hook):
+        return _hooked_definition(node_type, cls, hook, display_name, warnings)
     function_name = getattr(cls, "FUNCTION", None)
     if not isinstance(function_name, str) or not callable(getattr(cls, function_name, None)):
         raise NodeDefinitionError(
@@ -196,7 +212,8 @@ def adapt_classic_node(
         return instance_holder[0]
 
     def function(**kwargs: Any) -> Any:
-        return shape_result(getattr(instance(), function_name)(**kwargs), outputs)
+        # ComfyUI awaits a FUNCTION that is a coroutine function.
+        return shape_result(run_awaitable(getattr(instance(), function_name)(**kwargs)), outputs)
 
     setattr(function, ACCEPTS_ANY_INPUT, any_key)
 
@@ -219,13 +236,56 @@ def adapt_classic_node(
         fingerprint=fingerprint,
         validate=validate,
         validate_replaces=replaces,
-        check_lazy=check_lazy if any(s.lazy for s in inputs) else None,
+        check_lazy=_lazy_hook(check_lazy, inputs),
         input_is_list=bool(getattr(cls, "INPUT_IS_LIST", False)),
         hidden=hidden,
         deprecated=bool(getattr(cls, "DEPRECATED", False)),
         experimental=bool(getattr(cls, "EXPERIMENTAL", False)),
         inputs_provider=provider,
     )
+
+
+def _hooked_definition(
+    node_type: str, cls: type, hook: Callable[..., Any], display_name: str | None, warnings: list[str] | None
+) -> NodeDefinition:
+    try:
+        definition = hook(node_type, display_name, warnings if warnings is not None else [])
+    except NodeDefinitionError:
+        raise
+    except Exception as exc:
+        raise NodeDefinitionError(node_type, f"its declaration raised {type(exc).__name__}: {exc}") from exc
+    if not isinstance(definition, NodeDefinition):
+        raise NodeDefinitionError(node_type, f"{DEFINITION_HOOK} of {cls.__name__} gave {definition!r}")
+    return definition
+
+
+def _lazy_hook(hook: Callable[..., Any] | None, inputs: Sequence[Input]) -> Callable[..., Any] | None:
+    """The check_lazy hook to register: none without lazy inputs; without a check_lazy_status, one that asks
+    for nothing, since ComfyUI then never evaluates the lazy inputs."""
+    if not any(spec.lazy for spec in inputs):
+        return None
+    return hook if hook is not None else _needs_nothing
+
+
+def _needs_nothing(**_inputs: Any) -> list[str]:
+    return []
+
+
+def run_awaitable(value: Any) -> Any:
+    """`value`, or its result if it is awaitable (packs' async node functions and entry points). Run on a
+    fresh event loop; from inside a running loop (a thread that has one), on a thread of its own."""
+    if not inspect.isawaitable(value):
+        return value
+
+    async def wait() -> Any:
+        return await value
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(wait())
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, wait()).result()
 
 
 def shape_result(result: Any, outputs: Sequence[Output]) -> Any:

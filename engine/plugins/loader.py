@@ -2,7 +2,10 @@
 
 A pack is a package folder (with `__init__.py`) or a single `.py` file. It may be native (a module-level
 `NODES` list of `api.NodeDefinition`, and optionally `DISPLAY_NAMES`) or ComfyUI-classic
-(`NODE_CLASS_MAPPINGS`, `NODE_DISPLAY_NAME_MAPPINGS`, `WEB_DIRECTORY`), or both. A pack that fails to
+(`NODE_CLASS_MAPPINGS`, `NODE_DISPLAY_NAME_MAPPINGS`, `WEB_DIRECTORY`), or both; or ComfyUI-V3 (an `async def
+comfy_entrypoint()` returning a ComfyExtension whose `get_node_list()` gives the node classes; ComfyUI reads it
+only when there is no NODE_CLASS_MAPPINGS). V3 classes, in either place, build their own NodeDefinition
+(classic.DEFINITION_HOOK). A pack that fails to
 import, or whose nodes fail their checks, is recorded with its error and skipped: start-up never stops
 for a broken plugin, and the errors are queryable (`PluginReport`).
 """
@@ -25,7 +28,7 @@ from typing import Any
 from engine import extensions
 from engine.declarations import NodeDefinition
 from engine.errors import NodeDefinitionError
-from engine.plugins.classic import adapt_classic_node
+from engine.plugins.classic import adapt_classic_node, run_awaitable
 from engine.registry import NodeRegistry
 
 # The built-in pack's name in reports and in /object_info's python_module (ComfyUI's value for its own
@@ -36,6 +39,7 @@ BUILTIN_MODULE = "diffgraph_builtin_nodes"
 # sys.modules for a pack's relative imports (`from . import x`) to resolve.
 CUSTOM_PARENT = "diffgraph_custom_nodes"
 PRESTARTUP_SCRIPT = "prestartup_script.py"
+ENTRYPOINT = "comfy_entrypoint"  # a V3 pack's module-level function returning its ComfyExtension
 
 
 @dataclass
@@ -146,6 +150,8 @@ def register_module(registry: NodeRegistry, module: ModuleType, record: PackReco
     native: Iterable[Any] = getattr(module, "NODES", None) or ()
     classic: dict[str, Any] = getattr(module, "NODE_CLASS_MAPPINGS", None) or {}
     display: dict[str, str] = getattr(module, "NODE_DISPLAY_NAME_MAPPINGS", None) or {}
+    if getattr(module, "NODE_CLASS_MAPPINGS", None) is None and ENTRYPOINT in vars(module):
+        classic, display = _entrypoint_nodes(module, record)
     record.style = (
         "mixed" if native and classic else "classic" if classic else "native" if native else "unknown"
     )
@@ -171,6 +177,37 @@ def register_module(registry: NodeRegistry, module: ModuleType, record: PackReco
             record.nodes.append(node_type)
         except NodeDefinitionError as exc:
             record.node_errors[node_type] = str(exc)
+
+
+def _entrypoint_nodes(module: ModuleType, record: PackRecord) -> tuple[dict[str, Any], dict[str, str]]:
+    """The node classes (by their schema's node_id) and display names a pack's comfy_entrypoint gives; a
+    failure is recorded on the pack, as ComfyUI logs it and loads nothing from the pack."""
+    entrypoint = getattr(module, ENTRYPOINT)
+    if not callable(entrypoint):
+        record.node_errors[ENTRYPOINT] = f"{ENTRYPOINT} is not callable"
+        return {}, {}
+    try:
+        extension = run_awaitable(entrypoint())
+        if not callable(getattr(extension, "get_node_list", None)):
+            record.node_errors[ENTRYPOINT] = f"{ENTRYPOINT} did not return a ComfyExtension"
+            return {}, {}
+        if callable(getattr(extension, "on_load", None)):
+            run_awaitable(extension.on_load())
+        node_list = run_awaitable(extension.get_node_list())
+        if not isinstance(node_list, list):
+            record.node_errors[ENTRYPOINT] = f"{ENTRYPOINT} did not return a list of nodes"
+            return {}, {}
+        classes: dict[str, Any] = {}
+        display: dict[str, str] = {}
+        for cls in node_list:
+            schema = cls.GET_SCHEMA()
+            classes[schema.node_id] = cls
+            if schema.display_name is not None:
+                display[schema.node_id] = schema.display_name
+        return classes, display
+    except Exception as exc:
+        record.node_errors[ENTRYPOINT] = f"error while calling {ENTRYPOINT}: {type(exc).__name__}: {exc}"
+        return {}, {}
 
 
 def builtin_pack_path() -> Path:

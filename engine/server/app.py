@@ -16,6 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
+from engine.comfy_compat.server_hooks import mount_pack_routes
 from engine.runtime import Runtime
 from engine.server import (
     routes_files,
@@ -109,6 +110,8 @@ def create_app(
     ]
     app.add_routes(api_routes)
     app.add_routes([web.route(r.method, "/api" + r.path, r.handler, **r.kwargs) for r in api_routes])
+    # ComfyUI packs' routes (PromptServer.instance.routes), after ours: ours win a clash.
+    mount_pack_routes(app, runtime, hub, app[QUEUE_KEY])
     app.add_routes(routes_frontend.STATIC_ROUTES)  # before the canvas's catch-all
     app.add_routes(routes_info.STATIC_ROUTES)
     app.cleanup_ctx.append(lifecycle)

@@ -14,8 +14,9 @@ from typing import Any
 
 from aiohttp import web
 
+from engine.comfy_compat.server_hooks import run_prompt_handlers
 from engine.errors import WorkflowFormatError, WorkflowValidationError
-from engine.server.keys import HUB_KEY, QUEUE_KEY, STORE_KEY
+from engine.server.keys import HUB_KEY, QUEUE_KEY, RUNTIME_KEY, STORE_KEY
 from engine.server.limits import bounded, cut_text
 from engine.server.security import BadRequest, read_json
 from engine.server.worker import DuplicatePromptId, Submission
@@ -100,6 +101,8 @@ async def post_prompt(request: web.Request) -> web.Response:
         body = await read_json(request)
     except BadRequest as exc:  # every /prompt refusal in ComfyUI's prompt-error shape
         return _prompt_error(exc.kind, str(exc), exc.status)
+    # ComfyUI packs' on_prompt handlers see (and may rewrite) the body before it is checked.
+    body = run_prompt_handlers(request.app[RUNTIME_KEY], body)
     try:
         sub = parse_submission(body)
         validated = queue.validate(sub.prompt, sub.targets)

@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parents[3]
 COMFY_ENV = REPO / "engine" / "comfy_compat" / "env"
 COMFY_ENVIRONMENT_NAMES = (
     *("folder_paths", "server", "nodes", "comfy", "comfy_extras", "comfy_api", "comfy_execution"),
-    *("latent_preview", "node_helpers", "comfy_config", "app", "utils", "protocol"),
+    *("latent_preview", "node_helpers", "comfy_config", "app", "utils", "protocol", "execution"),
 )
 
 
@@ -62,7 +62,10 @@ FORBIDDEN = {
     "engine.declarations": DECLARATIONS_MAY_NOT_IMPORT,
     "engine.extensions": DECLARATIONS_MAY_NOT_IMPORT,
     # Runtime model handles (MODEL / CLIP / VAE values) sit on diffusion + memory, below the graph.
-    "engine.handles": ("engine.graph", "engine.execution", "engine.server", "engine.plugins", "engine.cli"),
+    "engine.handles": (
+        *("engine.graph", "engine.execution", "engine.server", "engine.plugins", "engine.cli"),
+        "engine.comfy_compat",  # ComfyUI's object surface on handles lives in engine.handles.comfy_surface
+    ),
     "engine.imageio": ("torch", "engine.graph", "engine.execution", "engine.server", "engine.diffusion"),
 }
 

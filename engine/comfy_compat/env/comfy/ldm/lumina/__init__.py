@@ -1,0 +1,1 @@
+"""comfy.ldm.lumina for custom packs."""

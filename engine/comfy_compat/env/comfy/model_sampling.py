@@ -1,0 +1,43 @@
+"""comfy.model_sampling for custom packs (see engine.handles.comfy_surface.model_sampling)."""
+
+from engine.handles.comfy_surface.model_sampling import (
+    CONST,
+    COSMOS_RFLOW,
+    EDM,
+    EPS,
+    IMG_TO_IMG,
+    V_PREDICTION,
+    X0,
+    ModelSamplingContinuousEDM,
+    ModelSamplingContinuousV,
+    ModelSamplingCosmosRFlow,
+    ModelSamplingDiscrete,
+    ModelSamplingDiscreteEDM,
+    ModelSamplingDiscreteFlow,
+    ModelSamplingFlux,
+    StableCascadeSampling,
+    flux_time_shift,
+    rescale_zero_terminal_snr_sigmas,
+    time_snr_shift,
+)
+
+__all__ = [
+    "CONST",
+    "COSMOS_RFLOW",
+    "EDM",
+    "EPS",
+    "IMG_TO_IMG",
+    "V_PREDICTION",
+    "X0",
+    "ModelSamplingContinuousEDM",
+    "ModelSamplingContinuousV",
+    "ModelSamplingCosmosRFlow",
+    "ModelSamplingDiscrete",
+    "ModelSamplingDiscreteEDM",
+    "ModelSamplingDiscreteFlow",
+    "ModelSamplingFlux",
+    "StableCascadeSampling",
+    "flux_time_shift",
+    "rescale_zero_terminal_snr_sigmas",
+    "time_snr_shift",
+]

@@ -1,0 +1,1 @@
+"""comfy.taesd for custom packs."""

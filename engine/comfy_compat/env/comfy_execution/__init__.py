@@ -1,0 +1,1 @@
+"""ComfyUI's `comfy_execution` package (packs test for it to know the engine supports expansion)."""

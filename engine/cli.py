@@ -20,6 +20,7 @@ from engine.folders import Folders
 from engine.graph.api_format import is_link
 from engine.graph.loading import load_workflow_file
 from engine.graph.workflow import Link, Workflow
+from engine.reference_schema import load_reference, missing_by_category
 from engine.runtime import Runtime, build_runtime
 
 if TYPE_CHECKING:
@@ -199,6 +200,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     nodes = sub.add_parser("nodes", help="list the available node types")
     nodes.add_argument("--json", action="store_true", help="print the /object_info schema")
+    nodes.add_argument(
+        "--missing-vs",
+        metavar="FILE",
+        help="list the node types of a reference /object_info JSON (e.g. ComfyUI's) that are not available",
+    )
     _add_folder_options(nodes)
 
     serve = sub.add_parser("serve", help="start the HTTP/WebSocket server (docs/server.md)")
@@ -357,6 +363,8 @@ def cmd_nodes(args: argparse.Namespace) -> int:
         _report_plugin_errors(runtime, sys.stderr)
         print(json.dumps(runtime.registry.object_info(), indent=1, default=str))
         return EXIT_OK
+    if args.missing_vs:
+        return _print_missing(runtime, args.missing_vs)
     rows = sorted(runtime.registry, key=lambda d: (d.category, d.node_type))
     for definition in rows:
         source = runtime.registry.source_of(definition.node_type)
@@ -365,6 +373,19 @@ def cmd_nodes(args: argparse.Namespace) -> int:
     for pack in runtime.plugins.packs:
         for warning in pack.warnings:
             print(f"note: plugin {pack.name!r}: {warning}")
+    return EXIT_OK
+
+
+def _print_missing(runtime: Runtime, reference_file: str) -> int:
+    """The reference's node types we lack, by category, then the count covered / total."""
+    reference = load_reference(reference_file)
+    missing = missing_by_category(reference, (d.node_type for d in runtime.registry))
+    for category, names in missing.items():
+        print(f"{category or '(no category)'} ({len(names)}):")
+        for name in names:
+            print(f"  {name}")
+    lacking = sum(len(names) for names in missing.values())
+    print(f"covered {len(reference) - lacking}/{len(reference)} node types of {reference_file}")
     return EXIT_OK
 
 

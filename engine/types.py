@@ -34,10 +34,13 @@ CLIP_VISION = "CLIP_VISION"
 CLIP_VISION_OUTPUT = "CLIP_VISION_OUTPUT"
 STYLE_MODEL = "STYLE_MODEL"
 GLIGEN = "GLIGEN"
+PHOTOMAKER = "PHOTOMAKER"
 SIGMAS = "SIGMAS"
 SAMPLER = "SAMPLER"
 NOISE = "NOISE"
 GUIDER = "GUIDER"
+# A function latent -> latent (LatentOperation* nodes; LatentApplyOperation applies it).
+LATENT_OPERATION = "LATENT_OPERATION"
 
 # Matches any socket type (ComfyUI's "*").
 ANY = "*"
@@ -62,10 +65,12 @@ BUILTIN_SOCKET_TYPES = frozenset(
         CLIP_VISION_OUTPUT,
         STYLE_MODEL,
         GLIGEN,
+        PHOTOMAKER,
         SIGMAS,
         SAMPLER,
         NOISE,
         GUIDER,
+        LATENT_OPERATION,
         ANY,
     }
     | WIDGET_TYPES

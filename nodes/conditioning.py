@@ -49,7 +49,9 @@ def _with_messages(values: tuple[Any, ...], messages: list[str]) -> Any:
     category="conditioning",
     display_name="CLIP Text Encode (Prompt)",
     inputs=[
-        api.String("text", multiline=True, extra={"dynamicPrompts": True}, tooltip="The text to be encoded."),
+        api.String(
+            "text", None, multiline=True, extra={"dynamicPrompts": True}, tooltip="The text to be encoded."
+        ),
         api.Input("clip", api.CLIP, tooltip="The CLIP model used for encoding the text."),
     ],
     outputs=[api.Output(api.CONDITIONING, tooltip="The encoded text, to guide the diffusion model.")],
@@ -205,7 +207,7 @@ def conditioning_set_area_strength(conditioning: Any, strength: float):
         api.Input("conditioning", api.CONDITIONING),
         api.Input("mask", api.MASK),
         api.Float("strength", 1.0, min=0.0, max=10.0, step=0.01),
-        api.Combo("set_cond_area", ["default", "mask bounds"], default="default"),
+        api.Combo("set_cond_area", ["default", "mask bounds"]),
     ],
     outputs=[api.CONDITIONING],
 )
@@ -258,14 +260,14 @@ def conditioning_zero_out(conditioning: Any):
     category="advanced/conditioning",
     inputs=[
         api.Input("clip", api.CLIP),
-        api.Int("width", 1024, min=0, max=api.MAX_RESOLUTION),
-        api.Int("height", 1024, min=0, max=api.MAX_RESOLUTION),
-        api.Int("crop_w", 0, min=0, max=api.MAX_RESOLUTION),
-        api.Int("crop_h", 0, min=0, max=api.MAX_RESOLUTION),
-        api.Int("target_width", 1024, min=0, max=api.MAX_RESOLUTION),
-        api.Int("target_height", 1024, min=0, max=api.MAX_RESOLUTION),
-        api.String("text_g", multiline=True, extra={"dynamicPrompts": True}),
-        api.String("text_l", multiline=True, extra={"dynamicPrompts": True}),
+        api.Int("width", 1024, min=0, max=api.MAX_RESOLUTION, step=None),
+        api.Int("height", 1024, min=0, max=api.MAX_RESOLUTION, step=None),
+        api.Int("crop_w", 0, min=0, max=api.MAX_RESOLUTION, step=None),
+        api.Int("crop_h", 0, min=0, max=api.MAX_RESOLUTION, step=None),
+        api.Int("target_width", 1024, min=0, max=api.MAX_RESOLUTION, step=None),
+        api.Int("target_height", 1024, min=0, max=api.MAX_RESOLUTION, step=None),
+        api.String("text_g", None, multiline=True, extra={"dynamicPrompts": True}),
+        api.String("text_l", None, multiline=True, extra={"dynamicPrompts": True}),
     ],
     outputs=[api.CONDITIONING],
 )
@@ -301,9 +303,9 @@ def clip_text_encode_sdxl(
     category="advanced/conditioning",
     inputs=[
         api.Float("ascore", 6.0, min=0.0, max=1000.0, step=0.01),
-        api.Int("width", 1024, min=0, max=api.MAX_RESOLUTION),
-        api.Int("height", 1024, min=0, max=api.MAX_RESOLUTION),
-        api.String("text", multiline=True, extra={"dynamicPrompts": True}),
+        api.Int("width", 1024, min=0, max=api.MAX_RESOLUTION, step=None),
+        api.Int("height", 1024, min=0, max=api.MAX_RESOLUTION, step=None),
+        api.String("text", None, multiline=True, extra={"dynamicPrompts": True}),
         api.Input("clip", api.CLIP),
     ],
     outputs=[api.CONDITIONING],

@@ -34,10 +34,10 @@ def _resize(image: torch.Tensor, width: int, height: int, method: str, crop: str
     display_name="Upscale Image",
     inputs=[
         api.Input("image", api.IMAGE),
-        api.Combo("upscale_method", UPSCALE_METHODS_IMAGE, default="nearest-exact"),
+        api.Combo("upscale_method", UPSCALE_METHODS_IMAGE),
         api.Int("width", 512, min=0, max=api.MAX_RESOLUTION, step=1),
         api.Int("height", 512, min=0, max=api.MAX_RESOLUTION, step=1),
-        api.Combo("crop", CROP_METHODS, default="disabled"),
+        api.Combo("crop", CROP_METHODS),
     ],
     outputs=[api.IMAGE],
 )
@@ -58,7 +58,7 @@ def image_scale(image: torch.Tensor, upscale_method: str, width: int, height: in
     display_name="Upscale Image By",
     inputs=[
         api.Input("image", api.IMAGE),
-        api.Combo("upscale_method", UPSCALE_METHODS_IMAGE, default="nearest-exact"),
+        api.Combo("upscale_method", UPSCALE_METHODS_IMAGE),
         api.Float("scale_by", 1.0, min=0.01, max=8.0, step=0.01),
     ],
     outputs=[api.IMAGE],
@@ -75,9 +75,10 @@ def image_scale_by(image: torch.Tensor, upscale_method: str, scale_by: float):
     display_name="Scale Image to Total Pixels",
     inputs=[
         api.Input("image", api.IMAGE),
-        api.Combo("upscale_method", UPSCALE_METHODS_IMAGE, default="nearest-exact"),
+        api.Combo("upscale_method", UPSCALE_METHODS_IMAGE),
         api.Float("megapixels", 1.0, min=0.01, max=16.0, step=0.01),
-        api.Int("resolution_steps", 1, min=1, max=256),
+        # Newer ComfyUI (after 0.3.64) adds this input; optional here, so workflows with and without it load.
+        api.Int("resolution_steps", 1, min=1, max=256, step=None, optional=True),
     ],
     outputs=[api.IMAGE],
 )
@@ -219,7 +220,7 @@ def _blend(base: torch.Tensor, top: torch.Tensor, mode: str) -> torch.Tensor:
         api.Input("image1", api.IMAGE),
         api.Input("image2", api.IMAGE),
         api.Float("blend_factor", 0.5, min=0.0, max=1.0, step=0.01),
-        api.Combo("blend_mode", BLEND_MODES, default="normal"),
+        api.Combo("blend_mode", BLEND_MODES),
     ],
     outputs=[api.IMAGE],
 )
@@ -280,7 +281,7 @@ def image_sharpen(image: torch.Tensor, sharpen_radius: int, sigma: float, alpha:
     inputs=[
         api.Int("width", 512, min=1, max=api.MAX_RESOLUTION, step=1),
         api.Int("height", 512, min=1, max=api.MAX_RESOLUTION, step=1),
-        api.Int("batch_size", 1, min=1, max=4096),
+        api.Int("batch_size", 1, min=1, max=4096, step=None),
         api.Int("color", 0, min=0, max=0xFFFFFF, step=1, display="color"),
     ],
     outputs=[api.IMAGE],

@@ -38,7 +38,7 @@ def _copy(latent: Latent, samples: torch.Tensor) -> Latent:
     inputs=[
         api.Int("width", 512, min=16, max=api.MAX_RESOLUTION, step=8),
         api.Int("height", 512, min=16, max=api.MAX_RESOLUTION, step=8),
-        api.Int("batch_size", 1, min=1, max=4096),
+        api.Int("batch_size", 1, min=1, max=4096, step=None),
     ],
     outputs=[api.LATENT],
 )
@@ -68,10 +68,10 @@ def _upscale_size(samples: torch.Tensor, width: int, height: int) -> tuple[int, 
     display_name="Upscale Latent",
     inputs=[
         api.Input("samples", api.LATENT),
-        api.Combo("upscale_method", UPSCALE_METHODS_LATENT, default="nearest-exact"),
+        api.Combo("upscale_method", UPSCALE_METHODS_LATENT),
         api.Int("width", 512, min=0, max=api.MAX_RESOLUTION, step=8),
         api.Int("height", 512, min=0, max=api.MAX_RESOLUTION, step=8),
-        api.Combo("crop", CROP_METHODS, default="disabled"),
+        api.Combo("crop", CROP_METHODS),
     ],
     outputs=[api.LATENT],
 )
@@ -89,7 +89,7 @@ def latent_upscale(samples: Latent, upscale_method: str, width: int, height: int
     display_name="Upscale Latent By",
     inputs=[
         api.Input("samples", api.LATENT),
-        api.Combo("upscale_method", UPSCALE_METHODS_LATENT, default="nearest-exact"),
+        api.Combo("upscale_method", UPSCALE_METHODS_LATENT),
         api.Float("scale_by", 1.5, min=0.01, max=8.0, step=0.01),
     ],
     outputs=[api.LATENT],
@@ -193,8 +193,8 @@ def latent_blend(samples1: Latent, samples2: Latent, blend_factor: float):
     display_name="Latent From Batch",
     inputs=[
         api.Input("samples", api.LATENT),
-        api.Int("batch_index", 0, min=0, max=63),
-        api.Int("length", 1, min=1, max=64),
+        api.Int("batch_index", 0, min=0, max=63, step=None),
+        api.Int("length", 1, min=1, max=64, step=None),
     ],
     outputs=[api.LATENT],
 )
@@ -223,7 +223,7 @@ def latent_from_batch(samples: Latent, batch_index: int, length: int):
     "RepeatLatentBatch",
     category="latent/batch",
     display_name="Repeat Latent Batch",
-    inputs=[api.Input("samples", api.LATENT), api.Int("amount", 1, min=1, max=64)],
+    inputs=[api.Input("samples", api.LATENT), api.Int("amount", 1, min=1, max=64, step=None)],
     outputs=[api.LATENT],
 )
 def repeat_latent_batch(samples: Latent, amount: int):
@@ -272,7 +272,7 @@ ROTATIONS = ["none", "90 degrees", "180 degrees", "270 degrees"]
     "LatentRotate",
     category="latent/transform",
     display_name="Rotate Latent",
-    inputs=[api.Input("samples", api.LATENT), api.Combo("rotation", ROTATIONS, default="none")],
+    inputs=[api.Input("samples", api.LATENT), api.Combo("rotation", ROTATIONS)],
     outputs=[api.LATENT],
 )
 def latent_rotate(samples: Latent, rotation: str):
@@ -289,7 +289,7 @@ FLIPS = ["x-axis: vertically", "y-axis: horizontally"]
     "LatentFlip",
     category="latent/transform",
     display_name="Flip Latent",
-    inputs=[api.Input("samples", api.LATENT), api.Combo("flip_method", FLIPS, default="x-axis: vertically")],
+    inputs=[api.Input("samples", api.LATENT), api.Combo("flip_method", FLIPS)],
     outputs=[api.LATENT],
 )
 def latent_flip(samples: Latent, flip_method: str):

@@ -32,7 +32,7 @@ def mask_to_image(mask: torch.Tensor):
     "ImageToMask",
     category="mask",
     display_name="Convert Image to Mask",
-    inputs=[api.Input("image", api.IMAGE), api.Combo("channel", IMAGE_CHANNELS, default="red")],
+    inputs=[api.Input("image", api.IMAGE), api.Combo("channel", IMAGE_CHANNELS)],
     outputs=[api.MASK],
 )
 def image_to_mask(image: torch.Tensor, channel: str):
@@ -109,7 +109,7 @@ MASK_OPERATIONS = ["multiply", "add", "subtract", "and", "or", "xor"]
         api.Input("source", api.MASK),
         api.Int("x", 0, min=0, max=api.MAX_RESOLUTION, step=1),
         api.Int("y", 0, min=0, max=api.MAX_RESOLUTION, step=1),
-        api.Combo("operation", MASK_OPERATIONS, default="multiply"),
+        api.Combo("operation", MASK_OPERATIONS),
     ],
     outputs=[api.MASK],
 )

@@ -17,17 +17,15 @@ SEED_MAX = 0xFFFFFFFFFFFFFFFF
 
 
 def seed_input(name: str, tooltip: str | None = "The random seed used for creating the noise.") -> api.Input:
-    return api.Int(name, 0, min=0, max=SEED_MAX, control_after_generate=True, tooltip=tooltip)
+    return api.Int(name, 0, min=0, max=SEED_MAX, control_after_generate=True, tooltip=tooltip, step=None)
 
 
 def sampler_input() -> api.Input:
-    return api.Combo("sampler_name", api.SAMPLER_CHOICES, default="euler", tooltip="The sampling algorithm.")
+    return api.Combo("sampler_name", api.SAMPLER_CHOICES, tooltip="The sampling algorithm.")
 
 
 def scheduler_input() -> api.Input:
-    return api.Combo(
-        "scheduler", api.SCHEDULER_CHOICES, default="normal", tooltip="How the noise levels are spaced."
-    )
+    return api.Combo("scheduler", api.SCHEDULER_CHOICES, tooltip="How the noise levels are spaced.")
 
 
 def _ksample(context: api.ExecutionContext, model: Any, **options: Any) -> tuple[Any]:
@@ -41,7 +39,14 @@ def _ksample(context: api.ExecutionContext, model: Any, **options: Any) -> tuple
     inputs=[
         api.Input("model", api.MODEL, tooltip="The model used for denoising the input latent."),
         seed_input("seed"),
-        api.Int("steps", 20, min=1, max=10000, tooltip="The number of steps used in the denoising process."),
+        api.Int(
+            "steps",
+            20,
+            min=1,
+            max=10000,
+            tooltip="The number of steps used in the denoising process.",
+            step=None,
+        ),
         api.Float(
             "cfg", 8.0, min=0.0, max=100.0, step=0.1, round=0.01, tooltip="Classifier-free guidance scale."
         ),
@@ -89,18 +94,18 @@ def ksampler(
     display_name="KSampler (Advanced)",
     inputs=[
         api.Input("model", api.MODEL),
-        api.Combo("add_noise", ["enable", "disable"], default="enable"),
+        api.Combo("add_noise", ["enable", "disable"]),
         seed_input("noise_seed"),
-        api.Int("steps", 20, min=1, max=10000),
+        api.Int("steps", 20, min=1, max=10000, step=None),
         api.Float("cfg", 8.0, min=0.0, max=100.0, step=0.1, round=0.01),
         sampler_input(),
         scheduler_input(),
         api.Input("positive", api.CONDITIONING),
         api.Input("negative", api.CONDITIONING),
         api.Input("latent_image", api.LATENT),
-        api.Int("start_at_step", 0, min=0, max=10000),
-        api.Int("end_at_step", 10000, min=0, max=10000),
-        api.Combo("return_with_leftover_noise", ["disable", "enable"], default="disable"),
+        api.Int("start_at_step", 0, min=0, max=10000, step=None),
+        api.Int("end_at_step", 10000, min=0, max=10000, step=None),
+        api.Combo("return_with_leftover_noise", ["disable", "enable"]),
     ],
     outputs=[api.LATENT],
 )

@@ -55,9 +55,10 @@ def vae_encode(pixels: Any, vae: Any):
     return ({"samples": require_vae(vae).encode(_image(pixels))},)
 
 
-def _tile_inputs() -> list[api.Input]:
+def _tile_inputs(tile_step: int = 32) -> list[api.Input]:
+    """The tiling widgets; ComfyUI's encoder steps tile_size by 64, its decoder by 32."""
     return [
-        api.Int("tile_size", 512, min=64, max=4096, step=32),
+        api.Int("tile_size", 512, min=64, max=4096, step=tile_step),
         api.Int("overlap", 64, min=0, max=4096, step=32),
         # Video VAEs only (ComfyUI): accepted so workflows load unchanged, unused for images.
         api.Int("temporal_size", 64, min=8, max=4096, step=4),
@@ -92,7 +93,7 @@ def vae_decode_tiled(
     "VAEEncodeTiled",
     category="_for_testing",
     display_name="VAE Encode (Tiled)",
-    inputs=[api.Input("pixels", api.IMAGE), api.Input("vae", api.VAE), *_tile_inputs()],
+    inputs=[api.Input("pixels", api.IMAGE), api.Input("vae", api.VAE), *_tile_inputs(64)],
     outputs=[api.LATENT],
 )
 def vae_encode_tiled(

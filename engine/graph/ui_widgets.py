@@ -150,6 +150,10 @@ def _renamed_sampler_values(node_type: str, values: dict[str, Any]) -> None:
             values["cfg"] = values["cfg"] * 2.0
 
 
+# The values ComfyUI's frontend gives a STRING / BOOLEAN widget declared without a default.
+_UNDECLARED_DEFAULTS: dict[str, Any] = {T.STRING: "", T.BOOLEAN: False}
+
+
 def read_widget_values(
     node_type: str,
     raw: dict[str, Any],
@@ -171,7 +175,14 @@ def read_widget_values(
             choices = choices_for(spec) or []
             if choices:
                 result[spec.name] = choices[0]
-        # Widgets the file has no value for (saved before the widget existed) take their defaults.
+        # Widgets the file has no value for (saved before the widget existed) take their defaults; one
+        # declared without a default takes what ComfyUI's frontend gives it (a combo its first choice).
         if spec.name not in result and spec.default is not None:
             result[spec.name] = spec.default
+        elif spec.name not in result:
+            fallback = _UNDECLARED_DEFAULTS.get(spec.type)
+            if spec.type == T.COMBO:
+                fallback = next(iter(choices_for(spec) or []), None)
+            if fallback is not None:
+                result[spec.name] = fallback
     return result

@@ -18,6 +18,7 @@ from diffusers.loaders import single_file_utils
 from safetensors.torch import load_file, save_file
 
 from engine.diffusion.models.flux import FLUX_DEV, FLUX_SCHNELL, TINY, TINY_SCHNELL, Flux, FluxConfig
+from tests.factories.diffusers_flow import flux_transformer_kwargs
 from tests.factories.random_weights import randomize_
 
 pytestmark = [pytest.mark.parity, pytest.mark.slow]
@@ -53,18 +54,7 @@ def build_pair(cfg: FluxConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     converted = single_file_utils.convert_flux_transformer_checkpoint_to_diffusers(load_file(str(path)))
     monkeypatch.undo()
     assert shim.substituted == 2 * cfg.depth_single_blocks  # weight and bias of each linear1
-    ref = diffusers.FluxTransformer2DModel(
-        patch_size=1,
-        in_channels=cfg.in_channels * 4,
-        num_layers=cfg.depth,
-        num_single_layers=cfg.depth_single_blocks,
-        attention_head_dim=cfg.hidden_size // cfg.num_heads,
-        num_attention_heads=cfg.num_heads,
-        joint_attention_dim=cfg.context_in_dim,
-        pooled_projection_dim=cfg.vec_in_dim,
-        guidance_embeds=cfg.guidance_embed,
-        axes_dims_rope=cfg.axes_dim,
-    ).eval()
+    ref = diffusers.FluxTransformer2DModel(**flux_transformer_kwargs(cfg)).eval()
     missing, unexpected = ref.load_state_dict(converted, strict=False)
     assert not missing and not unexpected, (missing, unexpected)
     return ours, ref

@@ -17,29 +17,12 @@ from safetensors.torch import load_file, save_file
 
 from engine.diffusion.models import mmdit
 from engine.diffusion.models.mmdit import TINY, TINY_X, MMDiT, MMDiTConfig
+from tests.factories.diffusers_flow import sd3_transformer_kwargs
 from tests.factories.random_weights import randomize_
 
 pytestmark = [pytest.mark.parity, pytest.mark.slow]
 
 PREFIX = "model.diffusion_model."
-
-
-def diffusers_config(cfg: MMDiTConfig) -> dict:
-    return {
-        "sample_size": cfg.pos_embed_max_size,
-        "patch_size": cfg.patch_size,
-        "in_channels": cfg.in_channels,
-        "out_channels": cfg.out_channels,
-        "num_layers": cfg.depth,
-        "attention_head_dim": cfg.hidden_size // cfg.num_heads,
-        "num_attention_heads": cfg.num_heads,
-        "joint_attention_dim": cfg.context_in_dim,
-        "caption_projection_dim": cfg.hidden_size,
-        "pooled_projection_dim": cfg.adm_in_channels,
-        "pos_embed_max_size": cfg.pos_embed_max_size,
-        "dual_attention_layers": cfg.dual_attention_layers,
-        "qk_norm": "rms_norm" if cfg.qk_norm else None,
-    }
 
 
 def build_pair(cfg: MMDiTConfig, tmp_path: Path, seed: int = 0):
@@ -48,7 +31,7 @@ def build_pair(cfg: MMDiTConfig, tmp_path: Path, seed: int = 0):
     path = tmp_path / "sd3.safetensors"
     save_file({PREFIX + k: v.contiguous() for k, v in ours.state_dict().items()}, str(path))
     converted = convert_sd3_transformer_checkpoint_to_diffusers(load_file(str(path)))
-    ref = diffusers.SD3Transformer2DModel(**diffusers_config(cfg)).eval()
+    ref = diffusers.SD3Transformer2DModel(**sd3_transformer_kwargs(cfg)).eval()
     missing, unexpected = ref.load_state_dict(converted, strict=False)
     assert not missing and not unexpected, (missing, unexpected)
     return ours, ref
@@ -112,7 +95,7 @@ def test_mmdit_presets_convert_strictly_at_full_size(name: str) -> None:
     cfg = getattr(mmdit, name)
     with torch.device("meta"):
         ours = MMDiT(cfg)
-        ref = diffusers.SD3Transformer2DModel(**diffusers_config(cfg))
+        ref = diffusers.SD3Transformer2DModel(**sd3_transformer_kwargs(cfg))
     sd = {PREFIX + k: v for k, v in ours.state_dict().items()}
     ref.load_state_dict(convert_sd3_transformer_checkpoint_to_diffusers(sd), strict=True, assign=True)
     # diffusers keeps the position grid as a buffer, not a parameter.

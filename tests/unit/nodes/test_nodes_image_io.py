@@ -69,7 +69,9 @@ def test_load_image_multi_frame_is_a_batch(runtime):
     image = result.output("1", 0)
     assert image.shape == (4, 4, 4, 3)
     assert image[1, 0, 0, 1] > 0.9 and image[3].min() > 0.9
-    assert result.output("1", 1).shape == (4, 4, 4)
+    # No alpha: ComfyUI's mask is 64x64 zeros per frame, whatever the picture's size.
+    mask = result.output("1", 1)
+    assert mask.shape == (4, 64, 64) and not mask.any()
     previews = result.ui_outputs["2"]["images"]
     assert len(previews) == 4 and all(p["type"] == "temp" for p in previews)
     assert all((runtime.folders.temp / p["filename"]).is_file() for p in previews)
@@ -192,3 +194,36 @@ def test_image_upload_widget_and_choices_in_schema(runtime):
     save = runtime.registry.object_info()["SaveImage"]
     assert save["output_node"] is True and save["output"] == []
     assert save["input"]["required"]["filename_prefix"][1]["default"] == "ComfyUI"
+
+
+def test_a_mask_reaching_save_image_through_a_wildcard_node_is_saved_as_greyscale(tmp_path):
+    """ComfyUI saves a (batch, height, width) tensor as greyscale PNGs; packs route masks there via "*"."""
+    pack = tmp_path / "custom_nodes" / "anything_pack"
+    pack.mkdir(parents=True)
+    (pack / "__init__.py").write_text(
+        "import torch\n"
+        "class AnyMask:\n"
+        "    @classmethod\n"
+        "    def INPUT_TYPES(cls):\n"
+        "        return {'required': {}}\n"
+        "    RETURN_TYPES = ('*',)\n"
+        "    FUNCTION = 'make'\n"
+        "    def make(self):\n"
+        "        mask = torch.zeros((1, 4, 6))\n"
+        "        mask[0, 1, 2] = 1.0\n"
+        "        return (mask,)\n"
+        "NODE_CLASS_MAPPINGS = {'AnyMask': AnyMask}\n"
+    )
+    folders = Folders.create(tmp_path)
+    folders.custom_nodes = [tmp_path / "custom_nodes"]
+    runtime = build_runtime(folders, with_models=False)
+    graph = {
+        "1": {"class_type": "AnyMask", "inputs": {}},
+        "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "mask"}},
+    }
+    result = run(runtime, graph)
+    assert result.ok, result.errors
+    saved = result.ui_outputs["2"]["images"][0]
+    with Image.open(runtime.folders.output / saved["filename"]) as image:
+        assert image.mode == "L" and image.size == (6, 4)
+        assert image.getpixel((2, 1)) == 255 and image.getpixel((0, 0)) == 0

@@ -79,7 +79,8 @@ def test_ksampler_denoise_and_noise_mask(tiny):
     mask = torch.zeros(1, 1, 8, 8)
     mask[..., :, 4:] = 1.0
     out = ks(model, pos, neg, {"samples": src, "noise_mask": mask}, steps=3)
-    assert torch.equal(out["samples"][..., :3], src[..., :3])
+    # Kept as it was, to the rounding of the trip into the model's space and back (x · scale / scale).
+    torch.testing.assert_close(out["samples"][..., :3], src[..., :3], atol=1e-6, rtol=1e-6)
     assert not torch.allclose(out["samples"][..., 5:], src[..., 5:])
     assert out["noise_mask"] is mask
 

@@ -21,6 +21,9 @@ from engine.diffusion.sampling import ksampler as ks
 from engine.diffusion.sampling.guidance import CFGDenoiser, prepare_denoise_mask
 from engine.diffusion.sampling.registry import SamplerSpec
 from engine.diffusion.sampling.samplers._common import StepInfo
+from engine.handles.comfy_surface.base_model import BaseModel
+from engine.handles.comfy_surface.base_model import calc_cond_batch as model_calc_cond_batch
+from engine.handles.sampling import with_sample_sigmas
 
 ComfyStepCallback = Callable[[int, torch.Tensor, torch.Tensor, int], Any]
 DISCARD_PENULTIMATE_SIGMA_SAMPLERS = {"dpm_2", "dpm_2_ancestral", "uni_pc", "uni_pc_bh2"}
@@ -129,9 +132,16 @@ def run_denoiser(
 
 
 def guided(
-    model: Any, positive: Any, negative: Any, cfg: float, lat: torch.Tensor, mask: torch.Tensor | None
+    model: Any,
+    positive: Any,
+    negative: Any,
+    cfg: float,
+    lat: torch.Tensor,
+    mask: torch.Tensor | None,
+    sigmas: torch.Tensor | None = None,
 ) -> CFGDenoiser:
-    """diffgraph's classifier-free guided denoiser for a MODEL (loaded by the caller) and a latent."""
+    """diffgraph's classifier-free guided denoiser for a MODEL (loaded by the caller) and a latent;
+    `sigmas`, the run's schedule, goes to transformer_options["sample_sigmas"] as ComfyUI's sampler puts it."""
     return CFGDenoiser(
         model.diffusion_model(),
         positive,
@@ -140,13 +150,17 @@ def guided(
         like=lat,
         latent_image=lat,
         denoise_mask=mask,
-        model_options=model_options_of(model),
+        model_options=with_sample_sigmas(model_options_of(model), sigmas),
     )
 
 
-def cfg_denoiser(model: Any, positive: Any, negative: Any, cfg: float) -> Callable[..., CFGDenoiser]:
+def cfg_denoiser(
+    model: Any, positive: Any, negative: Any, cfg: float, sigmas: torch.Tensor | None = None
+) -> Callable[..., CFGDenoiser]:
     def make(lat: torch.Tensor, mask: torch.Tensor | None) -> CFGDenoiser:
-        return guided(model, positive, negative, cfg, lat, mask)
+        return guided(
+            model, positive, negative, cfg, lat, mask, None if sigmas is None else sigmas.to(lat.device)
+        )
 
     return make
 
@@ -237,7 +251,7 @@ class KSampler:
         spec = self.library.sampler(self.sampler)
         return run_denoiser(
             self.model,
-            cfg_denoiser(self.model, positive, negative, cfg),
+            cfg_denoiser(self.model, positive, negative, cfg, torch.as_tensor(sigmas, dtype=torch.float32)),
             spec,
             sigmas,
             noise,
@@ -312,13 +326,9 @@ class CFGGuider:
         if not self._overridden():
             positive = self.conds.get("positive")
             negative = self.conds.get("negative")
-            make = cfg_denoiser(self.model, positive, negative, self.cfg if negative is not None else 1.0)
-            return make(latent_image, denoise_mask)
-        options = dict(self.model_options)
-        transformer_options = dict(options.get("transformer_options") or {})
-        if sigmas is not None:
-            transformer_options["sample_sigmas"] = sigmas
-        options["transformer_options"] = transformer_options
+            cfg = self.cfg if negative is not None else 1.0
+            return cfg_denoiser(self.model, positive, negative, cfg, sigmas)(latent_image, denoise_mask)
+        options = with_sample_sigmas(self.model_options, sigmas)
         return _PredictNoise(self, model_sampling_of(self.model), options)
 
     def sample(
@@ -387,9 +397,16 @@ def calc_cond_batch(
     model: Any, conds: Sequence[Any], x: torch.Tensor, timestep: torch.Tensor, model_options: Any = None
 ) -> list[torch.Tensor]:
     """ComfyUI's calc_cond_batch: the x0 estimate for each CONDITIONING in `conds`; a None entry gives
-    zeros, as in ComfyUI (nothing was accumulated for it)."""
+    zeros, as in ComfyUI (nothing was accumulated for it). `model` is a guider's inner_model while it
+    samples, or the model object guidance hooks receive (args["model"], a BaseModel): post-CFG functions
+    such as perturbed-attention guidance evaluate a conditioning again with their own patches."""
+    if isinstance(model, BaseModel):
+        return model_calc_cond_batch(model, conds, x, timestep, model_options)
     if not isinstance(model, _InnerModel):
-        raise TypeError("calc_cond_batch works on a guider's inner_model while it samples")
+        raise TypeError(
+            "calc_cond_batch works on a guider's inner_model while it samples, or on the model a guidance "
+            f"hook receives; got {type(model).__name__}"
+        )
     out: list[torch.Tensor] = []
     for cond in conds:
         if cond is None:

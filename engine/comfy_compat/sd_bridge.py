@@ -229,6 +229,23 @@ def plain_weights(sd: Mapping[str, Any], operations: Any = None) -> dict[str, to
     return out
 
 
+def model_with_operations(manager: Any, sd: Mapping[str, Any], operations: Any) -> Any:
+    """A UNet in the original layout built with the caller's layer operations (ComfyUI's
+    model_options["custom_operations"]): the pack's own layers hold its tensors as they are (ComfyUI-GGUF's
+    quantized weights stay quantized and are dequantized by its layers as they run, as in ComfyUI). None for
+    another layout (diffusers keys: converted and dequantized by the caller instead)."""
+    from engine.diffusion.checkpoints.detect import UNET_PREFIX
+    from engine.handles.comfy_surface.loading import load_unet_with_operations
+    from engine.memory.dtypes import ModelRole, choose_dtype
+
+    if not any(k in sd for k in ("input_blocks.0.0.weight", UNET_PREFIX + "input_blocks.0.0.weight")):
+        return None
+    compute = choose_dtype(manager.device_info, ModelRole.UNET).compute
+    return load_unet_with_operations(
+        sd, operations, manager=manager, name="diffusion model", compute_dtype=compute
+    )
+
+
 def diffusion_model_from_state_dict(
     services: Mapping[str, Any], sd: Mapping[str, Any], model_options: Mapping[str, Any] | None = None
 ) -> Any:
@@ -242,7 +259,12 @@ def diffusion_model_from_state_dict(
     from engine.memory.dtypes import ModelRole, choose_dtype
 
     manager = manager_of(services)
-    weights = plain_weights(sd, (model_options or {}).get("custom_operations"))
+    operations = (model_options or {}).get("custom_operations")
+    if operations is not None:
+        handle = model_with_operations(manager, sd, operations)
+        if handle is not None:
+            return handle
+    weights = plain_weights(sd, operations)
     if any(k.startswith(UNET_PREFIX) for k in weights):
         weights = dl.strip_prefix(weights, UNET_PREFIX)
     if any(k.startswith("down_blocks.") for k in weights):

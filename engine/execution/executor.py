@@ -47,6 +47,7 @@ from engine.execution.events import (
     NodeExecuted,
     NodeExecuting,
     discard,
+    expansion_lineage,
 )
 from engine.execution.expansion import (
     BLOCKED_EXCEPTION_TYPE,
@@ -323,7 +324,10 @@ class _Run:
         self.result.cached.append(node.node_id)
         if hit.ui is not None:
             self.result.ui_outputs[node.node_id] = hit.ui
-            self.sink(NodeExecuted(self.result.prompt_id, node.node_id, node.node_type, hit.ui, cached=True))
+            lineage = expansion_lineage(self.expanded_from, node.node_id)
+            self.sink(
+                NodeExecuted(self.result.prompt_id, node.node_id, node.node_type, hit.ui, True, **lineage)
+            )
 
     def _gather(self, node: PreparedNode) -> dict[str, list[Any]]:
         """Each input as a list of values (constants are one-element lists; unevaluated lazy inputs None)."""
@@ -342,7 +346,8 @@ class _Run:
         definition = node.definition
         prompt_id = self.result.prompt_id
         self._running = node
-        self.sink(NodeExecuting(prompt_id, node.node_id, node.node_type))
+        lineage = expansion_lineage(self.expanded_from, node.node_id)
+        self.sink(NodeExecuting(prompt_id, node.node_id, node.node_type, **lineage))
         inputs = self._gather(node)
         extra = self._hidden(node)
         context = self._context(node)
@@ -393,7 +398,8 @@ class _Run:
         if ui is not None:
             self.result.ui_outputs[node.node_id] = ui
             if announce:
-                self.sink(NodeExecuted(self.result.prompt_id, node.node_id, node.node_type, ui))
+                lineage = expansion_lineage(self.expanded_from, node.node_id)
+                self.sink(NodeExecuted(self.result.prompt_id, node.node_id, node.node_type, ui, **lineage))
 
     def _report_blocked(self, node: PreparedNode, stopped_by: list[ExecutionBlocker]) -> None:
         """Record that blockers stopped the node; one with a message is reported as ComfyUI reports it (an
@@ -451,7 +457,8 @@ class _Run:
         self.expansions[node.node_id] = PendingExpansion(calls, ui, list(dict.fromkeys(waits)))
         if ui is not None:
             self.result.ui_outputs[node.node_id] = ui
-            self.sink(NodeExecuted(self.result.prompt_id, node.node_id, node.node_type, ui))
+            lineage = expansion_lineage(self.expanded_from, node.node_id)
+            self.sink(NodeExecuted(self.result.prompt_id, node.node_id, node.node_type, ui, **lineage))
 
     def _expanded_key(self, node: PreparedNode) -> bytes:
         definition = node.definition

@@ -11,6 +11,7 @@ if the sink shows previews. An exception `report` raises (an interrupt) stops sa
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -212,6 +213,10 @@ class RandomNoise:
         samples = _samples(latent)
         return ksampler.prepare_noise(samples.float().cpu(), self.seed, latent.get("batch_index"))
 
+    def generate_noise(self, input_latent: dict[str, Any]) -> torch.Tensor:
+        """ComfyUI's name for `generate` (packs call it on any NOISE value)."""
+        return self.generate(input_latent)
+
 
 @dataclass(frozen=True)
 class DisabledNoise:
@@ -221,6 +226,39 @@ class DisabledNoise:
 
     def generate(self, latent: Mapping[str, Any]) -> torch.Tensor:
         return torch.zeros_like(_samples(latent), dtype=torch.float32, device="cpu")
+
+    def generate_noise(self, input_latent: dict[str, Any]) -> torch.Tensor:
+        """ComfyUI's name for `generate` (packs call it on any NOISE value)."""
+        return self.generate(input_latent)
+
+
+def initial_noise(noise: Any, latent: Mapping[str, Any]) -> torch.Tensor:
+    """The initial noise of a NOISE value: diffgraph's `generate(latent)`, or ComfyUI's
+    `generate_noise(latent)` that packs' own noise objects have (the LATENT dict in both)."""
+    generate = getattr(noise, "generate", None)
+    if not callable(generate):
+        generate = getattr(noise, "generate_noise", None)
+    if not callable(generate):
+        raise TypeError(
+            f"a NOISE value needs generate(latent) or generate_noise(latent); got {type(noise).__name__}"
+        )
+    out = generate(latent)
+    if not isinstance(out, torch.Tensor) or out.shape != _samples(latent).shape:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ValueError(f"the NOISE value made {shape}, not noise shaped like the latent")
+    return out
+
+
+def with_sample_sigmas(options: Mapping[str, Any], sigmas: torch.Tensor | None) -> dict[str, Any]:
+    """A copy of a MODEL's sampling options whose transformer_options carry the run's schedule as
+    "sample_sigmas", as ComfyUI's sampler sets it for every run (patches and pack guiders read it); the
+    model's own dicts are not changed."""
+    out = dict(options)
+    if sigmas is not None:
+        transformer_options = dict(out.get("transformer_options") or {})
+        transformer_options["sample_sigmas"] = sigmas
+        out["transformer_options"] = transformer_options
+    return out
 
 
 # ---- GUIDER -------------------------------------------------------------------------------------
@@ -261,14 +299,21 @@ class Guider:
     style: str = "regular"
 
     def denoiser(
-        self, like: torch.Tensor, *, latent_image: torch.Tensor, denoise_mask: torch.Tensor | None
+        self,
+        like: torch.Tensor,
+        *,
+        latent_image: torch.Tensor,
+        denoise_mask: torch.Tensor | None,
+        sigmas: torch.Tensor | None = None,
     ) -> Any:
+        """D(x, sigma) for this guider; `sigmas`, the run's schedule, reaches the model's patches as
+        transformer_options["sample_sigmas"]."""
         dm = self.model.diffusion_model()
         kw: dict[str, Any] = {
             "like": like,
             "latent_image": latent_image,
             "denoise_mask": denoise_mask,
-            "model_options": self.model.sampling_options(),
+            "model_options": with_sample_sigmas(self.model.sampling_options(), sigmas),
         }
         if self.kind == "basic":
             return CFGDenoiser(dm, self.conds["positive"], None, 1.0, **kw)
@@ -281,8 +326,21 @@ class Guider:
         raise ValueError(f"unknown guider kind {self.kind!r}")
 
 
+def _guider_denoiser(guider: Any, lat: torch.Tensor, mask: torch.Tensor | None, sigmas: torch.Tensor) -> Any:
+    """The guider's D(x, sigma), given the schedule where its `denoiser` takes one (a guider written for
+    the older interface without `sigmas` still runs)."""
+    params: Mapping[str, inspect.Parameter]
+    try:
+        params = inspect.signature(guider.denoiser).parameters
+    except (TypeError, ValueError):  # a builtin or C callable: call it without the schedule
+        params = {}
+    takes = "sigmas" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+    extra = {"sigmas": sigmas} if takes else {}
+    return guider.denoiser(lat, latent_image=lat, denoise_mask=mask, **extra)
+
+
 def custom_sample(
-    noise: RandomNoise | DisabledNoise,
+    noise: Any,
     guider: Guider,
     sampler: SamplerSpec,
     sigmas: torch.Tensor,
@@ -293,14 +351,15 @@ def custom_sample(
     """SamplerCustomAdvanced: (output LATENT, denoised_output LATENT). `denoised_output` is the model's
     last clean-latent estimate (equal to the output when no step ran). The LATENT's raw samples go into
     the model's space with its latent format (an all-zero latent as is) and both results come back out,
-    as ComfyUI does; the noise is not scaled."""
+    as ComfyUI does; the noise is not scaled. `noise` is a NOISE value: diffgraph's or a pack's with
+    ComfyUI's `generate_noise` (and `seed`, ancestral samplers' per-step noise seed)."""
     model = guider.model
     samples = _samples(latent)
     _check_channels(model, samples)
     sigmas = torch.as_tensor(sigmas, dtype=torch.float32).flatten()
     if sigmas.numel() < 2:
         return _with_samples(latent, samples.clone()), _with_samples(latent, samples.clone())
-    initial = noise.generate(latent)
+    initial = initial_noise(noise, latent)
     device = model.device
     reporter = StepReporter(model, report)
     fmt = model.latent_format
@@ -308,7 +367,7 @@ def custom_sample(
         lat = latent_in(fmt, samples.to(device, torch.float32))
         mask = latent.get("noise_mask")
         mask = prepare_denoise_mask(mask, lat) if mask is not None else None
-        den = guider.denoiser(lat, latent_image=lat, denoise_mask=mask)
+        den = _guider_denoiser(guider, lat, mask, sigmas.to(device))
         seed = int(getattr(noise, "seed", 0))
         out = ksampler.sample_custom(
             den, sampler, sigmas, initial.to(device), lat, reporter, noise_mask=mask, seed=seed

@@ -178,6 +178,8 @@ class PromptReporter:
     current_node: str | None = None
     wants_previews: bool = True  # ExecutionContext renders sampler previews only for sinks that say so
     node_states: dict[str, dict[str, Any]] = field(default_factory=dict)  # for `progress_state`
+    # Nodes added by node expansion: node id -> (display node, parent node, real node), from their events.
+    lineage: dict[str, tuple[str, str | None, str]] = field(default_factory=dict)
 
     def _send(self, event: str, data: dict[str, Any], *, record: bool = False) -> None:
         if record:
@@ -187,20 +189,32 @@ class PromptReporter:
     def _node_state(self, node_id: str, state: str, value: float, maximum: float) -> None:
         """ComfyUI's `progress_state`: after each change, every node that left `pending` with its state
         (running, finished, error) and progress, in one message."""
+        display, parent, real = self._lineage_of(node_id)
         self.node_states[node_id] = {
             "value": value,
             "max": maximum,
             "state": state,
             "node_id": node_id,
             "prompt_id": self.prompt_id,
-            "display_node_id": node_id,
-            "parent_node_id": None,
-            "real_node_id": node_id,
+            "display_node_id": display,
+            "parent_node_id": parent,
+            "real_node_id": real,
         }
         nodes = {key: dict(entry) for key, entry in self.node_states.items()}
         self._send("progress_state", {"prompt_id": self.prompt_id, "nodes": nodes})
 
+    def _lineage_of(self, node_id: str) -> tuple[str, str | None, str]:
+        return self.lineage.get(node_id, (node_id, None, node_id))
+
+    def _learn_lineage(self, event: Any) -> None:
+        """Remember where an expanded node shows (its events say; its progress events do not)."""
+        display = getattr(event, "display_node", None)
+        if display is not None:
+            self.lineage[event.node_id] = (display, event.parent_node, event.real_node or event.node_id)
+
     def __call__(self, event: Any) -> None:
+        if isinstance(event, ev.NodeExecuting | ev.NodeExecuted):
+            self._learn_lineage(event)
         if isinstance(event, ev.ExecutionFailed | ev.ExecutionFinished):  # terminal message stays last
             self._report_state(event)
             self._report(event)
@@ -240,8 +254,9 @@ class PromptReporter:
                 record=True,
             )
         elif isinstance(event, ev.NodeExecuting):
-            self.current_node = event.node_id
-            self._send("executing", {"node": event.node_id, "display_node": event.node_id, "prompt_id": pid})
+            display = self._lineage_of(event.node_id)[0]
+            self.current_node = display  # ComfyUI's last_node_id: what a reconnecting client is shown
+            self._send("executing", {"node": event.node_id, "display_node": display, "prompt_id": pid})
         elif isinstance(event, ev.NodeProgress):
             self._send(
                 "progress", {"value": event.value, "max": event.max, "prompt_id": pid, "node": event.node_id}
@@ -255,7 +270,7 @@ class PromptReporter:
                 "executed",
                 {
                     "node": event.node_id,
-                    "display_node": event.node_id,
+                    "display_node": self._lineage_of(event.node_id)[0],
                     "output": event.output,
                     "prompt_id": pid,
                 },

@@ -175,6 +175,12 @@ def sample(
     fmt: LatentFormat = getattr(model, "latent_format", IDENTITY)
     latent = latent_in(fmt, latent_image)
     mask = prepare_denoise_mask(noise_mask, latent) if noise_mask is not None else None
+    # ComfyUI's sampler puts the run's schedule in transformer_options["sample_sigmas"] for every run;
+    # model patches and pack guidance functions look the current step up in it.
+    options = dict(model_options or {})
+    topts = dict(options.get("transformer_options") or transformer_options or {})
+    topts["sample_sigmas"] = sigmas.to(latent.device)
+    options["transformer_options"] = topts
     guider = CFGDenoiser(
         model,
         positive,
@@ -183,8 +189,7 @@ def sample(
         like=latent,
         latent_image=latent,
         denoise_mask=mask,
-        transformer_options=transformer_options,
-        model_options=model_options,
+        model_options=options,
     )
     out = sample_custom(guider, spec, sigmas, noise, latent, callback, noise_mask=mask, seed=seed)
     return fmt.process_out(out.float()).to(latent_image.dtype)

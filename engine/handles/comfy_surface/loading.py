@@ -45,9 +45,12 @@ def load_unet_with_operations(
     weights = dict(sd)
     if any(k.startswith(UNET_PREFIX) for k in weights):
         weights = dl.strip_prefix(weights, UNET_PREFIX)
+    # Detection reads shapes (and ndim); a pack's quantized tensor reports its real shape in `.shape` only
+    # (its data, and so its ndim, is the packed bytes): detect on shape-only stand-ins.
+    shapes = {k: torch.empty(tuple(v.shape), device="meta") for k, v in weights.items()}
     try:
         spec = detect_checkpoint(
-            dl.add_prefix(weights, UNET_PREFIX), filename=name, prediction_type=prediction_type
+            dl.add_prefix(shapes, UNET_PREFIX), filename=name, prediction_type=prediction_type
         )
         config, family, prediction, inpaint = (
             spec.unet_config,
@@ -60,7 +63,7 @@ def load_unet_with_operations(
         # input and SDXL-like with one.
         sdxl_like = "label_emb.0.0.weight" in weights
         heads = {"num_head_channels": 64} if sdxl_like else {"num_heads": 8}
-        config = unet_config_from_state_dict(weights, **heads)
+        config = unet_config_from_state_dict(shapes, **heads)
         family = "sdxl" if sdxl_like else "sd1"
         prediction, inpaint = prediction_type or "eps", config.in_channels == 9
         log.warning("%s: %s; building the UNet from its shapes as %s", name, exc, family)

@@ -143,7 +143,9 @@ def _sort_key(sort_by: str) -> Any:
             return float(end - start) if start and end else 0.0
 
         return duration
-    return lambda job: job.get("create_time") or 0
+    # Prompts queued within the same millisecond share a create_time: the queue number (ComfyUI's
+    # "priority", later = newer) breaks the tie, so the order is the queue's, not the dict's.
+    return lambda job: (job.get("create_time") or 0, job.get("priority") or 0)
 
 
 def _query_list(request: web.Request) -> tuple[list[str], str, str, int | None, int]:

@@ -212,10 +212,14 @@ async def _four_jobs(kit, client):
         slow = kit.save_prompt(2, steps=100000)
         slow["2"]["inputs"]["delay"] = 0.01
         await client.post("/prompt", json={"prompt": slow, "prompt_id": pid})
-    for _ in range(500):
-        if (await (await client.get("/queue")).json())["queue_running"]:
+    # Wait (generously: CI machines are loaded) until the first slow prompt is the running one.
+    for _ in range(3000):
+        running = (await (await client.get("/queue")).json())["queue_running"]
+        if running and running[0][1] == running_id:
             break
         await asyncio.sleep(0.01)
+    else:
+        raise AssertionError(f"{running_id} never started running")
     return done_id, failed_id, running_id, pending_id
 
 

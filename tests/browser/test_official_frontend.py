@@ -1,21 +1,27 @@
-"""ComfyUI's official frontend (the installed comfyui-frontend-package, or the folder named by
-$DIFFGRAPH_FRONTEND_ROOT, e.g. an unpacked 1.27.x wheel's `static`) against a real diffgraph server with a
-tiny SD1 checkpoint, in Debian's Chromium.
+"""ComfyUI's official frontend against a real diffgraph server with a tiny SD1 checkpoint, in Debian's
+Chromium, in two versions: the newest (the installed comfyui-frontend-package, or the folder named by
+$DIFFGRAPH_FRONTEND_ROOT) and the one ComfyUI 0.3.64 pins (1.27.10: the `static` folder of its unpacked
+wheel, named by $DIFFGRAPH_FRONTEND_127; .ci/run downloads it; without it the 1.27 tests skip, or fail
+when $DIFFGRAPH_REQUIRE_BROWSER is set, as in CI).
 
-Every request the page makes to this server is recorded; the test fails on any answer 404/405/5xx, except
+Every request the page makes to this server is recorded; a test fails on any answer 404/405/5xx, except
 reads of optional user files the frontend probes for (ComfyUI answers those 404 too, and the frontend
 reads 404 as "none"), and on any uncaught page error. It checks: a pack's JavaScript extension
-(WEB_DIRECTORY, importing the frontend's app.js) is loaded; the node library lists our nodes; a
-workflow loaded in the page runs and its image is fetched; a workflow saved with Ctrl+S lands in the user
-folder and is listed in the workflows sidebar after a reload; a setting changed in the page persists;
-after the reload the assets panel lists the run's image (the jobs API over the persistent history).
+(WEB_DIRECTORY, importing the frontend's app.js) is loaded; the node library lists our nodes, the
+checkpoint loader's combo lists the checkpoint; a workflow loaded in the page runs and its image is
+fetched; a workflow saved with Ctrl+S lands in the user folder and is listed in the workflows sidebar
+after a reload; a setting changed in the page persists; after the reload the assets panel (1.27: the
+queue sidebar) lists the run's image (from the persistent history). And the mask editor: a stroke drawn
+on a LoadImage's image and saved is uploaded, and LoadImage on the saved file returns it as its MASK.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import time
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -32,6 +38,7 @@ OPTIONAL_USER_FILES = {
 }
 READY = "() => !!(window.app && window.app.graph && window.LiteGraph && window.app.extensionManager)"
 PAGE_TIMEOUT_MS = 90_000
+MASK_SIZE = 64
 # A pack's web extension written the way ComfyUI packs write them (the frontend's /scripts/app.js shim).
 PACK_EXTENSION = """import { app } from "../../scripts/app.js";
 app.registerExtension({ name: "diffgraph.test.hello", setup() { window.__dgPackExtension = "loaded"; } });
@@ -46,17 +53,47 @@ FIRST_SETTINGS = {
 }
 
 
-def _frontend_root() -> Path:
+# The frontend version ComfyUI 0.3.64 pins in its requirements.txt; .ci/run installs the same one.
+PINNED_127 = "1.27.10"
+NEWEST, PINNED = "newest", "1.27"
+
+
+def _frontend_root(version: str) -> Path:
     from engine.server.frontend import FrontEndError, resolve_front_end
 
+    if version == PINNED:
+        folder = os.environ.get("DIFFGRAPH_FRONTEND_127")
+        message = (
+            f"the {PINNED_127} frontend is not available: set DIFFGRAPH_FRONTEND_127 to the 'static' folder of "
+            f"an unpacked comfyui_frontend_package-{PINNED_127} wheel (.ci/run does)"
+        )
+        try:
+            if folder:
+                return resolve_front_end(folder)
+        except FrontEndError as exc:
+            message += f" ({exc})"
+        if os.environ.get("DIFFGRAPH_REQUIRE_BROWSER"):
+            pytest.fail(message + "; CI must run the browser tests against both versions")
+        pytest.skip(message)
     try:
         return resolve_front_end(os.environ.get("DIFFGRAPH_FRONTEND_ROOT") or "official")
     except FrontEndError as exc:
         pytest.skip(str(exc))
 
 
-@pytest.fixture(scope="module")
-def official_server(tmp_path_factory: pytest.TempPathFactory) -> Any:
+def _expected_version(version: str) -> str | None:
+    """The version string the page must report (None: a folder named by DIFFGRAPH_FRONTEND_ROOT)."""
+    if version == PINNED:
+        return PINNED_127
+    if os.environ.get("DIFFGRAPH_FRONTEND_ROOT"):
+        return None
+    return metadata.version("comfyui-frontend-package")
+
+
+@pytest.fixture(scope="module", params=[NEWEST, PINNED])
+def official_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    from PIL import Image
+
     from engine.folders import Folders
     from engine.runtime import build_runtime
     from engine.server.app import create_app
@@ -64,7 +101,7 @@ def official_server(tmp_path_factory: pytest.TempPathFactory) -> Any:
     from tests.browser.conftest import ServerThread
     from tests.factories.checkpoints import write_tiny_checkpoint
 
-    root = _frontend_root()
+    root = _frontend_root(request.param)
     base = tmp_path_factory.mktemp("dg_official")
     (base / "models" / "checkpoints").mkdir(parents=True)
     write_tiny_checkpoint(base / "models" / "checkpoints" / "tiny_sd1.safetensors", "sd1", seed=1)
@@ -74,12 +111,15 @@ def official_server(tmp_path_factory: pytest.TempPathFactory) -> Any:
     (pack / "web" / "hello.js").write_text(PACK_EXTENSION)
     folders = Folders.create(base)
     folders.create_directories()
+    # an opaque image for the mask editor (written before the page lists the input folder)
+    Image.new("RGB", (MASK_SIZE, MASK_SIZE), (200, 120, 40)).save(base / "input" / "photo.png")
     settings = base / "user" / "default" / "comfy.settings.json"
     settings.parent.mkdir(parents=True, exist_ok=True)
     settings.write_text(json.dumps(FIRST_SETTINGS))
     runtime = build_runtime(folders, with_models=True)
     srv = ServerThread(create_app(runtime, ServerConfig(store_path=base / "queue.sqlite3", web_root=root)))
     srv.base = base  # type: ignore[attr-defined]
+    srv.frontend = request.param  # type: ignore[attr-defined]
     yield srv
     srv.stop()
 
@@ -124,6 +164,9 @@ def _open(browser: Any, srv: Any) -> tuple[Any, Any, Recorder]:
     page.set_default_timeout(PAGE_TIMEOUT_MS)
     page.goto(srv.url)
     page.wait_for_function(READY)
+    expected = _expected_version(srv.frontend)
+    if expected is not None:  # the version under test is the one served, not another one
+        assert page.evaluate("() => window.__COMFYUI_FRONTEND_VERSION__") == expected
     return context, page, recorder
 
 
@@ -166,6 +209,13 @@ def test_official_frontend_runs_saves_and_persists(
         # the node library (the search box) lists our nodes
         types = page.evaluate("() => Object.keys(window.LiteGraph.registered_node_types)")
         assert {"KSampler", "CheckpointLoaderSimple", "SaveImage"} <= set(types)
+        # the checkpoint loaders' combos list the checkpoint (1.27.x maps model folders to these nodes)
+        for node_type in ("CheckpointLoaderSimple", "ImageOnlyCheckpointLoader"):
+            choices = page.evaluate(
+                "(t) => window.LiteGraph.createNode(t).widgets.find(w => w.name === 'ckpt_name').options.values",
+                node_type,
+            )
+            assert "tiny_sd1.safetensors" in choices, (node_type, choices)
         page.evaluate("() => window.app.graph.clear()")  # the default graph's widgets cover the canvas
         page.mouse.dblclick(700, 450)
         search = page.get_by_role("combobox").first  # the node search box the double-click opens
@@ -224,11 +274,124 @@ def test_official_frontend_runs_saves_and_persists(
         zoom = page.evaluate("() => window.app.extensionManager.setting.get('Comfy.Graph.ZoomSpeed')")
         assert zoom == 1.3
         page.locator('button[aria-label^="Workflows"]').first.click()
-        page.get_by_text("tiny txt2img").first.wait_for()
-        # the assets panel lists the earlier run's image (from /api/jobs over the persistent history)
-        page.locator('button[aria-label^="Assets"]').first.click()
-        page.get_by_text("official_fe_00001_").first.wait_for()
+        page.locator(".comfyui-workflows-browse [role=treeitem]", has_text="tiny txt2img").first.wait_for()
+        if srv.frontend == PINNED:
+            # 1.27.x lists past runs, with their images, in the queue sidebar (from /history)
+            page.locator('button[aria-label^="Queue"]').first.click()
+            page.locator('img[src*="official_fe_00001_"]').first.wait_for()
+        else:
+            # the assets panel lists the earlier run's image (from /api/jobs over the persistent history)
+            page.locator('button[aria-label^="Assets"]').first.click()
+            page.get_by_text("official_fe_00001_").first.wait_for()
         page.screenshot(path=str(artifacts / "official_frontend_workflows.png"))
+        recorder.check()
+    finally:
+        context.close()
+
+
+def _settled_box(page: Any, last: dict[str, float]) -> dict[str, float] | None:
+    """The topmost image-sized canvas's box when it equals the one measured before (else None)."""
+    box = page.evaluate(
+        """(n) => { const cs = [...document.querySelectorAll('canvas')]
+                      .filter(c => c.offsetParent && c.width === n && c.height === n);
+                    const r = cs[cs.length - 1].getBoundingClientRect();
+                    return {x: r.x, y: r.y, w: r.width, h: r.height}; }""",
+        MASK_SIZE,
+    )
+    settled = box == last
+    last.clear()
+    last.update(box)
+    return box if settled else None
+
+
+def _draw_mask_stroke(page: Any) -> tuple[int, range]:
+    """Open the mask editor on the selected LoadImage, draw a horizontal stroke across its image's
+    middle row (from 20% to 60% of the width) and save. Returns (row, columns) in image pixels."""
+    page.evaluate("() => window.app.extensionManager.command.execute('Comfy.MaskEditor.OpenMaskEditor')")
+    save = page.locator("button:visible", has_text=re.compile(r"^\s*Save\s*$"))
+    save.wait_for()
+    # the editor's canvases are the image's size; it is ready to draw once the image is painted on the
+    # lowest one, its image layer (strokes drawn while it still loads the image are lost)
+    page.wait_for_function(
+        """(n) => { const c = [...document.querySelectorAll('canvas')]
+                      .find(c => c.offsetParent && c.width === n && c.height === n);
+                    const ctx = c && c.getContext('2d');
+                    return !!ctx && ctx.getImageData(n / 2, n / 2, 1, 1).data[3] === 255; }""",
+        arg=MASK_SIZE,
+    )
+    # the dialog opens with an animation: draw once the canvas stopped moving
+    last: dict[str, float] = {}
+    box = _wait(page, lambda: _settled_box(page, last), 10, "the mask editor's canvas to settle")
+    y = box["y"] + box["h"] * 0.5
+    page.mouse.move(box["x"] + box["w"] * 0.2, y)
+    page.mouse.down()
+    for step in range(21):
+        page.mouse.move(box["x"] + box["w"] * (0.2 + 0.4 * step / 20), y)
+    page.mouse.up()
+    save.click()
+    save.wait_for(state="hidden")
+    return MASK_SIZE // 2, range(int(MASK_SIZE * 0.25), int(MASK_SIZE * 0.55))
+
+
+def test_mask_editor_saves_a_mask_load_image_returns(browser: Any, official_server: Any) -> None:
+    """Open photo.png in a LoadImage node, draw a stroke in the mask editor, save; the uploads succeed
+    (1.27.x posts the mask layers to /upload/mask, newer versions every layer to /upload/image) and a
+    workflow run in the page with LoadImage on the saved file gives a MASK that is 1 under the stroke."""
+    import numpy as np
+    from PIL import Image
+
+    srv = official_server
+    context, page, recorder = _open(browser, srv)
+    uploads: list[tuple[str, int]] = []
+    shown: list[str] = []
+    page.on("response", lambda r: shown.append(r.url) if "/view" in r.url and r.status == 200 else None)
+    page.on(
+        "response",
+        lambda r: (
+            uploads.append((urlsplit(r.url).path, r.status)) if "/upload/" in urlsplit(r.url).path else None
+        ),
+    )
+    try:
+        page.evaluate(
+            """() => { const g = window.app.graph; g.clear();
+                 const load = window.LiteGraph.createNode('LoadImage'); load.pos = [100, 100]; g.add(load);
+                 const w = load.widgets.find(w => w.name === 'image'); w.value = 'photo.png'; w.callback?.('photo.png');
+                 const toImage = window.LiteGraph.createNode('MaskToImage'); toImage.pos = [450, 100]; g.add(toImage);
+                 const save = window.LiteGraph.createNode('SaveImage'); save.pos = [700, 100]; g.add(save);
+                 save.widgets.find(w => w.name === 'filename_prefix').value = 'mask_check';
+                 load.connect(1, toImage, 0); toImage.connect(0, save, 0);
+                 window.__dgLoad = load; }"""
+        )
+        page.wait_for_function("() => window.__dgLoad.imgs && window.__dgLoad.imgs.length > 0")
+        page.evaluate("() => window.app.canvas.selectNode(window.__dgLoad)")
+        row, columns = _draw_mask_stroke(page)
+        _wait(page, lambda: len(uploads) >= 4, 20, "the mask editor's uploads")
+        # the saved file replaces photo.png in the node's widget, as an annotated name
+        value = _wait(
+            page,
+            lambda: page.evaluate(
+                "() => { const v = window.__dgLoad.widgets.find(w => w.name === 'image').value;"
+                " return v !== 'photo.png' && v; }"
+            ),
+            20,
+            "the saved mask in the LoadImage widget",
+        )
+        assert value.endswith(" [input]") and "clipspace-painted-masked-" in value, value
+        assert all(status == 200 for _, status in uploads), uploads
+        if srv.frontend == PINNED:
+            assert any(path.endswith("/upload/mask") for path, _ in uploads), uploads
+        assert (srv.base / "input" / value.removesuffix(" [input]")).is_file()
+
+        page.get_by_role("button", name="Run", exact=True).first.click()
+        # the page fetches the saved image once the run has finished (the file is complete by then)
+        _wait(page, lambda: any("mask_check" in path for path in shown), 60, "the mask run's image")
+        mask = (
+            np.asarray(Image.open(next((srv.base / "output").glob("mask_check*.png"))).convert("L")) / 255.0
+        )
+        assert mask.shape == (MASK_SIZE, MASK_SIZE)
+        assert (mask[row, columns.start : columns.stop] > 0.5).all(), mask[row]
+        # nothing was drawn near the top and bottom edges
+        assert mask[:4].max() == 0 and mask[-4:].max() == 0
         recorder.check()
     finally:
         context.close()

@@ -41,6 +41,10 @@ NOISE = "NOISE"
 GUIDER = "GUIDER"
 # A function latent -> latent (LatentOperation* nodes; LatentApplyOperation applies it).
 LATENT_OPERATION = "LATENT_OPERATION"
+# A (start_percent, end_percent) pair (ConditioningTimestepsRange; the hooks conditioning nodes take it).
+TIMESTEPS_RANGE = "TIMESTEPS_RANGE"
+# ComfyUI's hook groups (scheduled LoRA / model patches per conditioning); no built-in node makes one yet.
+HOOKS = "HOOKS"
 
 # Matches any socket type (ComfyUI's "*").
 ANY = "*"
@@ -71,6 +75,8 @@ BUILTIN_SOCKET_TYPES = frozenset(
         NOISE,
         GUIDER,
         LATENT_OPERATION,
+        TIMESTEPS_RANGE,
+        HOOKS,
         ANY,
     }
     | WIDGET_TYPES

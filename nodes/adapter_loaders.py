@@ -4,8 +4,8 @@ HypernetworkLoader and PhotoMakerLoader.
 
 The official frontend builds its model-folder-to-node mapping from these node types, so they must exist
 even where diffgraph cannot run the model yet. The ones it cannot run (no CLIP vision encoder, style
-model, GLIGEN, hypernetwork, PhotoMaker or SVD support in the engine yet) fail when executed with an error
-that names the node and what is missing; docs/nodes.md lists them.
+model, GLIGEN, PhotoMaker or SVD support in the engine yet) fail when executed with an error that names
+the node and what is missing; docs/nodes.md lists them. HypernetworkLoader runs (engine.handles.hypernetwork).
 """
 
 from __future__ import annotations
@@ -167,11 +167,10 @@ gligen_loader = _file_loader_node(
     outputs=[api.MODEL],
 )
 def hypernetwork_loader(model: Any, hypernetwork_name: str, strength: float, context: api.ExecutionContext):
-    """A hypernetwork (attention key/value patches) from models/hypernetworks."""
-    context.folders.full_path("hypernetworks", hypernetwork_name)
-    if strength == 0:
-        return (model,)  # a hypernetwork at strength 0 adds nothing to the attention inputs
-    raise _unsupported("HypernetworkLoader", "hypernetworks (attention patches on the UNet)")
+    """A hypernetwork from models/hypernetworks: a clone of the model whose attention key / value inputs
+    get ``k + strength * mlp_k(k)``, ``v + strength * mlp_v(v)`` (ComfyUI's formula)."""
+    path = context.folders.full_path("hypernetworks", hypernetwork_name)
+    return (models.apply_hypernetwork(model, path, strength),)
 
 
 photomaker_loader = _file_loader_node(

@@ -31,6 +31,7 @@ from engine.handles.adapters import (
     upscale_image,
 )
 from engine.handles.flow_loading import load_text_encoders_handle
+from engine.handles.hypernetwork import apply_hypernetwork
 
 __all__ = [
     "AdapterFileError",
@@ -42,6 +43,7 @@ __all__ = [
     "VAEHandle",
     "VAEMissingError",
     "apply_controlnet",
+    "apply_hypernetwork",
     "apply_lora",
     "load_checkpoint_handles",
     "load_clip_handle",

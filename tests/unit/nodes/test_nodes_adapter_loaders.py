@@ -32,7 +32,6 @@ UNSUPPORTED = [
     (A.clip_vision_loader, "clip_name", "clip_vision", {}),
     (A.style_model_loader, "style_model_name", "style_models", {}),
     (A.gligen_loader, "gligen_name", "gligen", {}),
-    (A.hypernetwork_loader, "hypernetwork_name", "hypernetworks", {"model": None, "strength": 1.0}),
 ]
 
 
@@ -111,14 +110,6 @@ def test_loaders_of_unsupported_kinds_fail_naming_the_node(env, function, file_i
     # A missing file is reported as missing, not as unsupported.
     with pytest.raises(FileNotFoundError):
         function(**{file_input: "absent.safetensors"}, **others, context=ctx)
-
-
-def test_hypernetwork_at_strength_zero_returns_the_model(env):
-    _, ctx = env
-    model = object()
-    assert A.hypernetwork_loader(
-        model=model, hypernetwork_name="thing.safetensors", strength=0.0, context=ctx
-    ) == (model,)
 
 
 def test_unsupported_loader_in_a_workflow_is_a_node_error(env):

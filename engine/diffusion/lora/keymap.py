@@ -12,6 +12,8 @@ UNet (our parameters follow the original LDM checkpoint keys, ``input_blocks.1.1
     ``base_model.model.``); the original path with ``diffusion_model.`` / ``model.diffusion_model.``.
   The diffusers <-> original correspondence comes from ``checkpoints.diffusers_layout``.
 
+SD3/SD3.5 (MMDiT) and FLUX.1 transformers are mapped by ``keymap_flow``.
+
 Text encoders (Hugging Face ``CLIPTextModel`` names below ``text_model.``):
   * kohya: ``lora_te_`` (single encoder), ``lora_te1_`` / ``lora_te2_`` (SDXL CLIP-L / OpenCLIP bigG);
   * diffusers: ``text_encoder.`` / ``text_encoder_2.``.
@@ -23,6 +25,8 @@ from collections.abc import Iterable
 from typing import Any, cast
 
 from engine.diffusion.checkpoints.diffusers_layout import unet_original_to_diffusers
+
+from .keymap_flow import flow_family, flow_key_map, flow_text_key_map
 
 # Parameter leaves a LoRA can address (a module path is the key without one of these).
 _LEAVES = (".weight", ".bias")
@@ -43,6 +47,8 @@ def _add(mapping: dict[str, str], name: str, target: str) -> None:
 def unet_key_map(param_keys: Iterable[str]) -> dict[str, str]:
     """LoRA module names -> our UNet module paths, for a UNet with these parameter keys."""
     keys = [k for k in param_keys if k.endswith(_LEAVES)]
+    if flow_family(keys) is not None:
+        return flow_key_map(keys)  # SD3 / FLUX.1 transformers: their own names, see keymap_flow
     mapping: dict[str, str] = {}
     # Values pass through the layout conversion untouched, so converting {key: key} yields
     # {diffusers key: original key}.
@@ -84,7 +90,10 @@ def text_encoder_key_map(param_keys: Iterable[str], *, prefix: str = "towers.") 
 
     Towers are numbered in the order their keys first appear (clip_l before clip_g for SDXL, as the
     encoder is built), which is the te1/te2 order of kohya and diffusers."""
-    modules = [m for m in _modules(param_keys) if m.startswith(prefix)]
+    keys = list(param_keys)
+    modules = [m for m in _modules(keys) if m.startswith(prefix)]
+    if not modules:
+        return flow_text_key_map(keys)  # SD3's / Flux's encoders ("clip_l.towers.clip_l...", T5)
     towers: list[str] = []
     for m in modules:
         t = m[len(prefix) :].split(".", 1)[0]

@@ -28,6 +28,8 @@ import torch
 from engine.diffusion.checkpoints.io import read_state_dict
 from engine.memory.weight_patches import DiffPatch, LoHaPatch, LoKrPatch, LoRAPatch, WeightPatch
 
+from .keymap_flow import SlicedModule, SlicedPatch, SumPatch
+
 # (up suffix, down suffix, mid suffix or None) for every plain-LoRA spelling.
 _LORA_SUFFIXES = (
     (".lora_up.weight", ".lora_down.weight", ".lora_mid.weight"),
@@ -98,7 +100,15 @@ def load_lora(sd: Mapping[str, torch.Tensor], targets: Mapping[str, Mapping[str,
         if hit is None:
             return
         target, module = hit
-        result.patches[target][f"{module}.{leaf}"] = patch
+        key = f"{module}.{leaf}"
+        if isinstance(module, SlicedModule):
+            patch = SlicedPatch(patch, module.part, module.swap_halves)
+        if key in result.patches[target]:
+            # diffusers' q, k and v LoRAs of one fused qkv weight land on the same key
+            before = result.patches[target][key]
+            parts = before.parts if isinstance(before, SumPatch) else (before,)
+            patch = SumPatch((*parts, patch))
+        result.patches[target][key] = patch
         used.update(keys)
         _alpha(sd, name, used)
 

@@ -10,8 +10,8 @@ and the other nodes use them unchanged:
 - CLIP: `FlowClipHandle` over `SD3TextStack` / `FluxTextStack`;
 - VAE: the ordinary `VAEHandle` over the 16-channel VAE (its scale and shift live in the VAE's config).
 
-The T5 vocabulary is looked up as `engine.diffusion.text.t5_tokenizer.find_t5_vocabulary` describes (beside
-the T5 file, the text-encoder folders' `t5_tokenizer/`, ...). When it is missing the CLIP still loads, and
+The T5 vocabulary is looked up as `engine.diffusion.text.t5_tokenizer.find_t5_vocabulary` describes (a diffusers
+folder's `tokenizer_3/` or `tokenizer_2/`, beside the T5 file, the text-encoder folders' `t5_tokenizer/`, ...). When it is missing the CLIP still loads, and
 encoding a prompt raises the error that names the file to put where: a checkpoint's MODEL and VAE stay
 usable without it.
 """
@@ -27,6 +27,7 @@ import torch
 
 from engine.diffusion.checkpoints import flow_text
 from engine.diffusion.checkpoints.flow_detect import is_flow_state_dict
+from engine.diffusion.checkpoints.flow_diffusers import is_flow_diffusers_folder, load_flow_diffusers_folder
 from engine.diffusion.checkpoints.flow_loader import dequantize_fp8, load_flow_checkpoint
 from engine.diffusion.checkpoints.io import (
     SAFETENSORS_SUFFIXES,
@@ -114,11 +115,16 @@ class MissingT5Tokenizer:
 
 
 def find_t5_tokenizer(
-    *, text_encoder_file: PathLike | None = None, text_encoder_folders: Sequence[PathLike] = ()
+    *,
+    text_encoder_file: PathLike | None = None,
+    text_encoder_folders: Sequence[PathLike] = (),
+    diffusers_folder: PathLike | None = None,
 ) -> Any:
     try:
         found = find_t5_vocabulary(
-            text_encoder_file=text_encoder_file, text_encoder_folders=text_encoder_folders
+            diffusers_folder=diffusers_folder,
+            text_encoder_file=text_encoder_file,
+            text_encoder_folders=text_encoder_folders,
         )
     except T5TokenizerFilesError as e:
         return MissingT5Tokenizer(str(e))
@@ -209,7 +215,11 @@ def load_flow_checkpoint_handles(
         "vae": _storage(manager, ModelRole.VAE),
         "text": text_dtype,
     }
-    ck = load_flow_checkpoint(p, dtypes=dtypes, components=components)
+    folder = is_flow_diffusers_folder(p)
+    if folder:
+        ck = load_flow_diffusers_folder(p, dtypes=dtypes, components=components)
+    else:
+        ck = load_flow_checkpoint(p, dtypes=dtypes, components=components)
     spec = ck.spec
     model = make_flow_model_handle(
         ck.transformer, manager=manager, name=p.name, loader=_transformer_loader(p, spec.transformer_prefix)
@@ -219,7 +229,11 @@ def load_flow_checkpoint_handles(
         towers = flow_text.build_towers(ck.text_state_dicts, dtype=text_dtype, path=str(p))
         tokenizer = None
         if "t5xxl" in towers:
-            tokenizer = find_t5_tokenizer(text_encoder_file=p, text_encoder_folders=text_encoder_folders)
+            tokenizer = find_t5_tokenizer(
+                diffusers_folder=p if folder else None,
+                text_encoder_file=None if folder else p,
+                text_encoder_folders=text_encoder_folders,
+            )
         if spec.family == "sd3":
             stack: Any = flow_text.build_sd3_stack(towers, t5_tokenizer=tokenizer)
         else:

@@ -133,7 +133,7 @@ def load_checkpoint_handles(
     unusable files.
     """
     p = Path(path)
-    if flow.is_flow_file(p):
+    if flow.is_flow_file(p) or flow.is_flow_diffusers_folder(p):
         return flow.load_flow_checkpoint_handles(
             p,
             manager=manager,

@@ -14,7 +14,8 @@ never the other way round (enforced by tests/unit/engine/test_engine_layers.py).
 - ``control``: ControlNet and T2I-Adapter files; ``upscalers``: ESRGAN / Real-ESRGAN files;
 - ``loader``: ``load_checkpoint``, ``load_vae``, ``load_diffusers_folder``;
 - ``flow_detect`` (with ``detect_mmdit``, ``detect_flux``) and ``flow_loader``: SD3/SD3.5 and FLUX.1 files
-  (all-in-one, diffusion-model-only, fp8 scaled), see docs/models.md.
+  (all-in-one, diffusion-model-only, fp8 scaled), see docs/models.md; ``flow_diffusers``: their diffusers
+  folders (transformer key mapping, parts read into the all-in-one layout).
 
 Import the submodules directly; this package file imports nothing. Tiny test checkpoints are written
 by ``tests/factories/checkpoints.py`` (test code, outside the engine).

@@ -155,10 +155,30 @@ def load_flow_checkpoint(
 
     raw = read_state_dict(p, dtype=read_dtype, keys_filter=wanted if stored is not None else None)
     spec = detect_flow_file(raw, filename=p, key_names=None if stored is None else list(stored))
-    prefix = spec.transformer_prefix
 
     sd = dequantize_fp8(raw, dtype_of)
     del raw
+    return assemble_flow_checkpoint(sd, spec, components=comps, dtype=dtype, dtypes=dtypes, path=p)
+
+
+def assemble_flow_checkpoint(
+    sd: Mapping[str, torch.Tensor],
+    spec: FlowSpec,
+    *,
+    components: Iterable[str],
+    dtype: torch.dtype | None,
+    dtypes: ComponentDtypes | None,
+    path: str | os.PathLike[str],
+) -> LoadedFlowCheckpoint:
+    """The models of ``spec`` from a state dict in the all-in-one layout (fp8 already dequantized);
+    shared by single files and diffusers folders (``flow_diffusers``)."""
+    comps = set(components)
+    p = Path(path)
+    prefix = spec.transformer_prefix
+
+    def dtype_of(key: str) -> torch.dtype | None:
+        return (dtypes or {}).get(_component(key)) or dtype
+
     transformer = vae = None
     texts: dict[str, dict[str, torch.Tensor]] = {}
     if "unet" in comps:

@@ -156,6 +156,13 @@ def _add_serve_options(parser: argparse.ArgumentParser) -> None:
         "--preview-format", choices=("jpeg", "png"), default="jpeg", help="live preview frames"
     )
     parser.add_argument(
+        "--preview-method",
+        choices=("auto", "latent2rgb", "taesd", "none"),
+        default="auto",
+        help="sampler previews: taesd (models/vae_approx decoders), latent2rgb, auto (taesd when the "
+        "model family's decoder is there, else latent2rgb) or none",
+    )
+    parser.add_argument(
         "--shutdown-grace",
         type=float,
         default=5.0,
@@ -234,6 +241,7 @@ def runtime_from_args(args: argparse.Namespace) -> Runtime:
         load_custom_nodes=not args.disable_custom_nodes,
         memory_options=memory_options,
         with_models=with_models,
+        preview_method=getattr(args, "preview_method", "auto"),
     )
 
 
@@ -316,7 +324,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     runtime.folders.create_directories()
     from engine.graph.validate import validate_workflow
 
-    validated = validate_workflow(workflow, runtime.registry, args.target or None)
+    validated = validate_workflow(workflow, runtime.registry, args.target or None, partial=True)
+    if validated.rejected is not None:  # ComfyUI runs the valid outputs and logs the others
+        skipped = ", ".join(validated.rejected_targets)
+        sys.stderr.write(f"warning: output node(s) {skipped} failed validation and will not run:\n")
+        sys.stderr.write(f"{validated.rejected}\n")
     sink = ev.discard if args.quiet else ProgressPrinter(sys.stderr, len(validated.order))
     extra = {"extra_pnginfo": {"workflow": workflow.ui_document}} if workflow.ui_document else {}
     try:

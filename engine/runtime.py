@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine.execution.cache import OutputCache
-from engine.execution.context import DEVICE, FOLDERS, MODEL_MANAGER, SAMPLERS
+from engine.execution.context import DEVICE, FOLDERS, MODEL_MANAGER, PREVIEWER, SAMPLERS
 from engine.execution.executor import Executor
 from engine.folders import Folders
 from engine.plugins.loader import PluginReport, load_all_packs
@@ -48,6 +48,19 @@ def sampling_library() -> Any:
     return SamplingLibrary(default_sampler_registry(), default_scheduler_registry())
 
 
+def latent_previewer(folders: Folders, method: str = "auto") -> Any:
+    """The runtime's sampler-preview renderer for `--preview-method`; TAESD decoders come from the
+    vae_approx folders and load on first use."""
+    from engine.diffusion.sampling.previewers import LatentPreviewer, find_decoder_file
+
+    def find(name: str) -> Any:
+        return find_decoder_file(
+            lambda: folders.list_files("vae_approx"), lambda f: folders.full_path("vae_approx", f), name
+        )
+
+    return LatentPreviewer(method, find)
+
+
 def build_runtime(
     folders: Folders,
     *,
@@ -56,10 +69,12 @@ def build_runtime(
     services: dict[str, Any] | None = None,
     memory_options: Any = None,
     with_models: bool = True,
+    preview_method: str = "auto",
 ) -> Runtime:
     """Registry with every pack loaded, an executor, and the services nodes use.
 
     `with_models=False` skips device selection (for commands that never run a model, e.g. `nodes`).
+    `preview_method` is ComfyUI's --preview-method: auto | latent2rgb | taesd | none.
     """
     samplers = sampling_library()
     registry = NodeRegistry(
@@ -70,6 +85,7 @@ def build_runtime(
     all_services: dict[str, Any] = {FOLDERS: folders, SAMPLERS: samplers}
     if with_models:
         all_services.update(memory_services(memory_options))
+        all_services[PREVIEWER] = latent_previewer(folders, preview_method)
     all_services.update(services or {})
 
     def prepare_for_packs() -> None:

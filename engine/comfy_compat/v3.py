@@ -21,7 +21,14 @@ from engine import types as T
 from engine.declarations import HIDDEN_KINDS, HIDDEN_UNIQUE_ID, NodeDefinition, NodeOutput, Output
 from engine.errors import NodeDefinitionError
 from engine.execution.expansion import ExecutionBlocker
-from engine.plugins.classic import ACCEPTS_ANY_INPUT, parse_input_types, plain_type, run_awaitable
+from engine.plugins.classic import (
+    ACCEPTS_ANY_INPUT,
+    ANY_INPUT_ALL,
+    ANY_INPUT_LINKED,
+    parse_input_types,
+    plain_type,
+    run_awaitable,
+)
 
 BASE_MARKER = "_DIFFGRAPH_BASE"  # set in the own __dict__ of the env base classes (ComfyNode and its base)
 
@@ -134,8 +141,13 @@ def definition_from_v3(
         result = run_awaitable(clone.execute(**kwargs))
         return v3_result(result, len(outputs), node_type, enable_expand)
 
-    if getattr(schema, "accept_all_inputs", False):
-        setattr(function, ACCEPTS_ANY_INPUT, True)
+    # A pack node gets the prompt's undeclared linked inputs as ComfyUI passes them; constants too with
+    # accept_all_inputs.
+    setattr(
+        function,
+        ACCEPTS_ANY_INPUT,
+        ANY_INPUT_ALL if getattr(schema, "accept_all_inputs", False) else ANY_INPUT_LINKED,
+    )
     validate, replaces = _validate_hook(cls)
     extra: dict[str, Any] = {"api_node": bool(schema.is_api_node)}
     if getattr(schema, "search_aliases", None):

@@ -22,6 +22,7 @@ FOLDERS = "folders"  # engine.folders.Folders
 DEVICE = "device"  # engine.memory.devices.DeviceInfo
 MODEL_MANAGER = "model_manager"  # engine.memory.manager.ModelManager
 SAMPLERS = "samplers"  # engine.handles.sampling.SamplingLibrary
+PREVIEWER = "previewer"  # engine.diffusion.sampling.previewers.LatentPreviewer (--preview-method)
 
 
 class InterruptFlag:
@@ -77,8 +78,13 @@ class ExecutionContext:
         """
         self._interrupt.raise_if_set()
         if callable(preview):
-            preview = preview() if self.wants_previews else None
+            preview = self._render_preview(preview) if self.wants_previews else None
         self._sink(NodeProgress(self.prompt_id, self.node_id, int(value), int(total), preview))
+
+    def _render_preview(self, preview: Any) -> Any:
+        # The runtime's previewer picks TAESD / latent2rgb / nothing for sampler previews.
+        render = getattr(self.services.get(PREVIEWER), "render", None)
+        return render(preview) if render is not None else preview()
 
     @property
     def wants_previews(self) -> bool:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine.declarations import NodeDefinition
-from engine.graph.validate import ACCEPTS_ANY_INPUT, PreparedNode
+from engine.graph.validate import ANY_INPUT_ALL, PreparedNode, undeclared_inputs_taken
 from engine.graph.workflow import Link
 from engine.registry import NodeRegistry
 
@@ -136,8 +136,10 @@ def prepare_expansion(
 
 def _prepare_node(node_id: str, definition: NodeDefinition, inputs: dict[str, Any]) -> PreparedNode:
     specs = definition.current_inputs()
-    names = {spec.name for spec in specs}
-    if getattr(definition.function, ACCEPTS_ANY_INPUT, False):
+    declared = {spec.name for spec in specs}
+    names = set(declared)
+    taken = undeclared_inputs_taken(definition)
+    if taken is not None:
         names |= set(inputs) - set(definition.hidden)
     constants: dict[str, Any] = {}
     links: dict[str, Link] = {}
@@ -147,7 +149,7 @@ def _prepare_node(node_id: str, definition: NodeDefinition, inputs: dict[str, An
         value = inputs[name]
         if is_link(value):
             links[name] = Link(value[0], int(value[1]))
-        else:
+        elif name in declared or taken == ANY_INPUT_ALL:  # an undeclared constant only for "all"
             constants[name] = value
     lazy = frozenset(spec.name for spec in specs if spec.lazy)
     return PreparedNode(node_id, definition.node_type, definition, constants, links, lazy)

@@ -21,9 +21,23 @@ from engine.folders import split_annotated
 from engine.graph.workflow import Link, Workflow
 from engine.registry import NodeRegistry
 
-# Set on a node function whose node takes inputs under any name (see engine/plugins/classic.py; the
-# graph layer may not import the plugins layer, so the name is repeated here).
+# Set on a node function whose node takes inputs it does not declare (see engine/plugins/classic.py; the
+# graph layer may not import the plugins layer, so the name is repeated here). The value says which:
+# ANY_INPUT_ALL (or True) for every input of the prompt, linked or set (a classic "optional" dict that
+# claims every name); ANY_INPUT_LINKED for linked ones only: ComfyUI hands a pack node every linked input
+# of the prompt whatever INPUT_TYPES says (its frontend adds such sockets dynamically, for **kwargs), but
+# a constant only when declared. Built-in nodes set nothing and stay strict.
 ACCEPTS_ANY_INPUT = "accepts_any_input"
+ANY_INPUT_ALL = "all"
+ANY_INPUT_LINKED = "linked"
+
+
+def undeclared_inputs_taken(definition: NodeDefinition) -> str | None:
+    """ANY_INPUT_ALL, ANY_INPUT_LINKED or None: which undeclared inputs the node receives."""
+    value = getattr(definition.function, ACCEPTS_ANY_INPUT, None)
+    if value is True or value == ANY_INPUT_ALL:
+        return ANY_INPUT_ALL
+    return ANY_INPUT_LINKED if value == ANY_INPUT_LINKED else None
 
 
 @dataclass(slots=True)
@@ -45,6 +59,17 @@ class ValidatedWorkflow:
     # The executor's per-node static cache-key parts, kept here so re-running the same validated
     # workflow does not recompute them.
     key_parts: dict[str, Any] = field(default_factory=dict)
+    # Set when validation was partial and some requested outputs failed: their problems, and those in
+    # ComfyUI's `node_errors` shape (each with the outputs it cost in "dependent_outputs"). ComfyUI answers
+    # them with the prompt id and runs only the valid outputs, which `targets` then lists.
+    rejected: WorkflowValidationError | None = None
+    node_errors: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def rejected_targets(self) -> list[str]:
+        """The requested output nodes left out by a partial validation."""
+        found = {target for entry in self.node_errors.values() for target in entry["dependent_outputs"]}
+        return sorted(found, key=_id_sort_key)
 
 
 class _Validator:
@@ -64,7 +89,7 @@ class _Validator:
         node_type = self.workflow.nodes[node_id].node_type if node_id in self.workflow.nodes else None
         self.issues.append(ValidationIssue(code, message, node_id, node_type, input_name, **kw))
 
-    def run(self, targets: Iterable[str] | None) -> ValidatedWorkflow:
+    def run(self, targets: Iterable[str] | None, partial: bool = False) -> ValidatedWorkflow:
         self._report_unknown_types()
         target_list = self._targets(targets)
         needed = self._needed(target_list)
@@ -74,9 +99,44 @@ class _Validator:
             node = self._check_node(node_id)
             if node is not None:
                 prepared[node_id] = node
-        if self.issues:
-            raise WorkflowValidationError(self.issues)
-        return ValidatedWorkflow(self.workflow, target_list, order, prepared)
+        if not self.issues:
+            return ValidatedWorkflow(self.workflow, target_list, order, prepared)
+        if partial and order:
+            kept = self._valid_part(target_list, order, prepared)
+            if kept is not None:
+                return kept
+        raise WorkflowValidationError(self.issues)
+
+    def _valid_part(
+        self, targets: list[str], order: list[str], prepared: dict[str, PreparedNode]
+    ) -> ValidatedWorkflow | None:
+        """The workflow cut down to the outputs whose nodes all validated, as ComfyUI runs a prompt whose
+        other outputs failed; None when none did, or when a problem is not a node's own (an unknown node
+        type, a bad target: ComfyUI refuses the whole prompt for those)."""
+        if any(i.node_id is None or i.code == E.MISSING_NODE_TYPE for i in self.issues):
+            return None
+        bad = {issue.node_id for issue in self.issues}
+        good: list[str] = []
+        rejected = WorkflowValidationError(self.issues)
+        node_errors = rejected.node_errors()
+        for target in targets:
+            needed = self._needed([target])
+            if needed.isdisjoint(bad):
+                good.append(target)
+                continue
+            for node_id in sorted(needed & bad, key=_id_sort_key):
+                node_errors[node_id]["dependent_outputs"].append(target)
+        if not good:
+            return None
+        needed = self._needed(good)
+        return ValidatedWorkflow(
+            self.workflow,
+            good,
+            [node_id for node_id in order if node_id in needed],
+            {node_id: node for node_id, node in prepared.items() if node_id in needed},
+            rejected=rejected,
+            node_errors=node_errors,
+        )
 
     # -- graph level ----------------------------------------------------------------------------
 
@@ -200,7 +260,9 @@ class _Validator:
             if spec.type == T.ANY:  # ComfyUI passes a value given to a "*" input as it is
                 constants[spec.name] = value
                 continue
-            if not spec.is_widget:
+            if not spec.is_widget and not (spec.force_input and spec.type in T.WIDGET_TYPES):
+                # A forceInput widget type still takes a value: ComfyUI type-checks links only and
+                # checks a constant as the widget it would be (below).
                 self.issue(
                     E.INVALID_INPUT_TYPE,
                     f"input {spec.name!r} expects a link from a {spec.type} output, got the value {value!r}",
@@ -212,8 +274,11 @@ class _Validator:
             converted = self._convert(node_id, spec, value, definition)
             if converted is not _MISSING:
                 constants[spec.name] = converted
-        if getattr(definition.function, ACCEPTS_ANY_INPUT, False):
-            self._undeclared_inputs(node_id, specs, definition, constants, links)
+        taken = undeclared_inputs_taken(definition)
+        if taken is not None:
+            self._undeclared_inputs(node_id, specs, definition, constants, links, taken)
+        else:
+            self._no_undeclared_links(node_id, specs, definition)
         if definition.validate is not None and len(self.issues) == before:
             self._custom_validate(node_id, definition, constants)
         lazy = frozenset(s.name for s in specs if s.lazy)
@@ -226,17 +291,37 @@ class _Validator:
         definition: NodeDefinition,
         constants: dict[str, Any],
         links: dict[str, Link],
+        taken: str,
     ) -> None:
         """A node whose inputs are open-ended (a classic "optional" dict claiming every name) receives
-        every other input of the prompt too, linked or set, as "*" inputs."""
+        every other input of the prompt too, linked or set, as "*" inputs; any other pack node receives
+        the undeclared linked ones (their source must exist; no type is declared to check). A constant
+        it does not declare is dropped, as ComfyUI drops it."""
         declared = {spec.name for spec in specs} | set(definition.hidden)
         for name, value in self.workflow.nodes[node_id].inputs.items():
             if name in declared:
                 continue
             if not isinstance(value, Link):
-                constants[name] = value
+                if taken == ANY_INPUT_ALL:
+                    constants[name] = value
             elif self._check_link(node_id, Input(name, T.ANY, optional=True), value):
                 links[name] = value
+
+    def _no_undeclared_links(
+        self, node_id: str, specs: tuple[Input, ...], definition: NodeDefinition
+    ) -> None:
+        """A built-in node takes only what it declares: a link to a name it lacks would run its source for
+        nothing (a renamed input, a workflow from another version), so it is reported."""
+        declared = {spec.name for spec in specs} | set(definition.hidden)
+        for name, value in self.workflow.nodes[node_id].inputs.items():
+            if isinstance(value, Link) and name not in declared:
+                self.issue(
+                    E.BAD_LINKED_INPUT,
+                    f"input {name!r} is linked, but {definition.node_type} has no input of that name",
+                    node_id,
+                    name,
+                    details="remove the link (inputs: " + ", ".join(s.name for s in specs) + ")",
+                )
 
     def _check_link(self, node_id: str, spec: Input, link: Link) -> bool:
         source = self.workflow.nodes.get(link.node_id)
@@ -407,7 +492,11 @@ def convert_widget_value(spec: Input, value: Any) -> Any:
 
 
 def validate_workflow(
-    workflow: Workflow, registry: NodeRegistry, targets: Iterable[str] | None = None
+    workflow: Workflow, registry: NodeRegistry, targets: Iterable[str] | None = None, *, partial: bool = False
 ) -> ValidatedWorkflow:
-    """Check the whole workflow; raise WorkflowValidationError listing every problem found."""
-    return _Validator(workflow, registry).run(targets)
+    """Check the whole workflow; raise WorkflowValidationError listing every problem found.
+
+    With `partial`, as ComfyUI validates a queued prompt: when only some output nodes fail (through their
+    own problems or those of nodes they need), the result keeps the valid outputs and carries the failed
+    ones' problems in `rejected` / `node_errors`; it raises only when no output is valid."""
+    return _Validator(workflow, registry).run(targets, partial)

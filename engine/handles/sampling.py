@@ -22,6 +22,7 @@ import torch
 from engine.diffusion.models.latent_formats import latent_in
 from engine.diffusion.sampling import ksampler, schedulers
 from engine.diffusion.sampling.guidance import CFGDenoiser, prepare_denoise_mask
+from engine.diffusion.sampling.previewers import LatentPreview
 from engine.diffusion.sampling.registry import SamplerRegistry, SamplerSpec, SchedulerRegistry
 from engine.diffusion.sampling.samplers._common import StepInfo
 from engine.extensions import SamplerDeclaration, SchedulerDeclaration
@@ -82,8 +83,9 @@ class StepReporter:
     def __call__(self, info: StepInfo) -> None:
         self.last_denoised = info.denoised
         if self.report is not None:
-            model, x0 = self.model, info.denoised
-            self.report(info.index + 1, info.total, lambda: model.preview_image(x0))
+            model = self.model
+            preview = LatentPreview(str(model.family), info.denoised, model.preview_image)
+            self.report(info.index + 1, info.total, preview)
 
 
 # ---- latents ------------------------------------------------------------------------------------

@@ -27,9 +27,13 @@ from engine.errors import NodeDefinitionError
 # The registry's own per-input check, to know whether a classic declaration needs repairing.
 from engine.registry import _check_input as check_input
 
-# Set on a classic node's function when its "optional" dict claims every key (`__contains__` always
-# True): the validator then passes the prompt's undeclared inputs through, as ComfyUI does.
+# Set on every classic node's function: the validator passes the prompt's undeclared linked inputs through,
+# as ComfyUI does for any pack node (its frontend adds sockets to **kwargs nodes dynamically), and with
+# ANY_INPUT_ALL, when the "optional" dict claims every key (`__contains__` always True), undeclared
+# constants too. The values are engine/graph/validate.py's (the plugins layer names them again here).
 ACCEPTS_ANY_INPUT = "accepts_any_input"
+ANY_INPUT_ALL = "all"
+ANY_INPUT_LINKED = "linked"
 # A node class with a callable of this name builds its own NodeDefinition: hook(node_type, display_name,
 # warnings). The compatibility layer's V3 base class (io.ComfyNode) has one; this layer knows only the name.
 DEFINITION_HOOK = "__diffgraph_definition__"
@@ -215,7 +219,7 @@ def adapt_classic_node(
         # ComfyUI awaits a FUNCTION that is a coroutine function.
         return shape_result(run_awaitable(getattr(instance(), function_name)(**kwargs)), outputs)
 
-    setattr(function, ACCEPTS_ANY_INPUT, any_key)
+    setattr(function, ACCEPTS_ANY_INPUT, ANY_INPUT_ALL if any_key else ANY_INPUT_LINKED)
 
     validate, replaces = _classic_validate(cls, instance)
     fingerprint = _bound_hook(cls, "IS_CHANGED", instance)

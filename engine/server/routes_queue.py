@@ -115,7 +115,10 @@ async def post_prompt(request: web.Request) -> web.Response:
         # bounded: the errors quote the workflow's values, which may be arbitrarily long
         body = {"error": exc.prompt_error(), "node_errors": exc.node_errors()}
         return web.json_response(bounded(body), status=400)
-    return web.json_response({"prompt_id": sub.prompt_id, "number": number, "node_errors": {}})
+    # When some outputs failed validation ComfyUI still queues the valid ones and answers the failed
+    # ones' errors with the prompt id (200), so the frontend marks those nodes.
+    node_errors = bounded(validated.node_errors)  # they quote the workflow's values
+    return web.json_response({"prompt_id": sub.prompt_id, "number": number, "node_errors": node_errors})
 
 
 async def get_prompt(request: web.Request) -> web.Response:

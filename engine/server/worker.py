@@ -126,7 +126,8 @@ class PromptQueue:
 
     def validate(self, prompt: Any, targets: list[str] | None) -> ValidatedWorkflow:
         workflow = parse_api_workflow(prompt)
-        return validate_workflow(workflow, self.runtime.registry, targets)
+        # Partial, as ComfyUI queues a prompt: the valid outputs run, the failed ones' errors are answered.
+        return validate_workflow(workflow, self.runtime.registry, targets, partial=True)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="diffgraph-worker", daemon=True)

@@ -5,6 +5,6 @@ here (`patcher.py`, `clip_vae.py`): `model_options` and its patch setters, `mode
 (`base_model.py`) with `model_sampling` (`model_sampling.py`) and `latent_format` (`latents.py`), wrappers
 and callbacks (`extension.py`), operations classes (`ops.py`), attention functions (`attention.py`),
 loading a UNet with a pack's layers (`loading.py`), the ldm / DiT helpers (`ldm.py`, `dit.py`) and the
-TAESD layout (`taesd.py`). It sits in the handles layer (diffusion + memory below it, nothing above);
+TAESD names (`taesd.py`, re-exporting engine.diffusion.models.taesd). It sits in the handles layer (diffusion + memory below it, nothing above);
 engine/comfy_compat/env/comfy/* re-export it under ComfyUI's module names.
 """

@@ -208,6 +208,53 @@ def test_node_error_validation_error_and_interrupt(kit, tmp_path):
     kit.run(scenario)
 
 
+def test_prompt_with_some_invalid_outputs_runs_the_valid_ones(kit, tmp_path):
+    """ComfyUI's answer when only some outputs fail validation: 200 with the prompt id, number and the failed
+    nodes' node_errors; only the valid outputs run. With none valid, 400 as before."""
+    runtime = kit.make_runtime(tmp_path)
+    prompt = {
+        "1": {"class_type": "StubConst", "inputs": {"value": 10**9}},  # above max: output 2 fails
+        "2": {"class_type": "StubSink", "inputs": {"value": ["1", 0]}},
+        "3": {"class_type": "StubConst", "inputs": {"value": 12}},
+        "4": {"class_type": "StubSink", "inputs": {"value": ["3", 0]}},
+    }
+
+    async def scenario() -> None:
+        client = await kit.start_client(runtime)
+        try:
+            ws = await client.ws_connect("/ws?clientId=c1")
+            await ws.receive_json(timeout=5)
+            response = await client.post("/prompt", json={"prompt": prompt, "client_id": "c1"})
+            assert response.status == 200
+            body = await response.json()
+            assert set(body) == {"prompt_id", "number", "node_errors"} and body["number"] == 0
+            assert set(body["node_errors"]) == {"1"}
+            entry = body["node_errors"]["1"]
+            assert entry["class_type"] == "StubConst" and entry["dependent_outputs"] == ["2"]
+            assert entry["errors"][0]["type"] == "value_bigger_than_max"
+            messages = await kit.collect_until_done(ws, body["prompt_id"])
+            executing = [
+                m["data"]["node"] for m in messages if isinstance(m, dict) and m["type"] == "executing"
+            ]
+            assert executing == ["3", "4", None]
+            history = await kit.wait_history(client, body["prompt_id"])
+            assert history["status"]["status_str"] == "success"
+            assert set(history["outputs"]) == {"4"} and history["outputs"]["4"]["values"] == [12]
+
+            prompt["3"]["inputs"]["value"] = -(10**9)  # now no output is valid
+            refused = await client.post("/prompt", json={"prompt": prompt, "client_id": "c1"})
+            assert refused.status == 400
+            body = await refused.json()
+            assert body["error"]["type"] == "prompt_outputs_failed_validation"
+            assert set(body["node_errors"]) == {"1", "3"}
+            assert (await (await client.get("/prompt")).json()) == {"exec_info": {"queue_remaining": 0}}
+            await ws.close()
+        finally:
+            await client.close()
+
+    kit.run(scenario)
+
+
 def test_queue_order_front_delete_and_history_operations(kit, tmp_path):
     runtime = kit.make_runtime(tmp_path)
 

@@ -110,6 +110,24 @@ def test_run_reports_validation_errors_with_exit_1(base, capsys):
     assert "node 1 (CliConst): input 'value': 500 is bigger than the maximum 100" in err
 
 
+def test_run_with_one_invalid_output_warns_and_runs_the_valid_one(base, capsys):
+    workflow = write_json(
+        base / "wf.json",
+        {
+            **API,
+            "4": {"class_type": "CliConst", "inputs": {"value": 500}},  # above max: output 5 fails
+            "5": {"class_type": "CliWrite", "inputs": {"v": ["4", 0], "name": "skipped"}},
+        },
+    )
+    code = main(["run", str(workflow), "--base-directory", str(base)])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert (base / "output" / "result.txt").read_text() == "8"
+    assert not (base / "output" / "skipped.txt").exists()
+    assert "warning: output node(s) 5 failed validation" in err
+    assert "node 4 (CliConst): input 'value': 500 is bigger than the maximum 100" in err
+
+
 def test_run_reports_execution_errors_with_exit_2(base, capsys):
     workflow = write_json(
         base / "wf.json",

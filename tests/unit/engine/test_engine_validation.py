@@ -53,8 +53,8 @@ def test_every_problem_is_reported_at_once(registry):
         "17": {"class_type": "Sink", "inputs": {"value": ["7", 0]}},
         "18": {"class_type": "Sink", "inputs": {"value": ["9", 0]}},
         "19": {"class_type": "Sink", "inputs": {"value": ["1", 0]}},
-        "20": {"class_type": "Add", "inputs": {"a": 5, "b": 1}},  # value where a link is required
-        "21": {"class_type": "Sink", "inputs": {"value": ["20", 0]}},
+        # a value where a link is required (a forceInput INT takes one, as in ComfyUI; a LATENT does not)
+        "20": {"class_type": "TakeLatent", "inputs": {"samples": 5}},
         "22": {"class_type": "FloatSink", "inputs": {"value": ["8", 0]}},
     }
     issues = problems(registry, prompt)
@@ -69,7 +69,7 @@ def test_every_problem_is_reported_at_once(registry):
     assert (E.VALUE_NOT_IN_LIST, "8", "choice") in found
     assert (E.CUSTOM_VALIDATION_FAILED, "9", None) in found
     assert (E.RETURN_TYPE_MISMATCH, "10", "samples") in found
-    assert (E.INVALID_INPUT_TYPE, "20", "a") in found
+    assert (E.INVALID_INPUT_TYPE, "20", "samples") in found
     assert (E.RETURN_TYPE_MISMATCH, "22", "value") in found  # STRING into FLOAT
     # Records carry the node type and a message that says how to fix it.
     by_key = {(i.code, i.node_id): i for i in issues}

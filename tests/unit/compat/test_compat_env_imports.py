@@ -104,7 +104,8 @@ def test_every_core_env_module_imports_in_a_pack(tmp_path, with_models):
     assert seen["vram_state"] == "DISABLED"  # ComfyUI's state on a CPU-only machine
     assert seen["free_positive"] and seen["total_positive"]
     assert seen["interrupted"] is False
-    assert seen["preview_method"] == "latent2rgb"
+    # the runtime's --preview-method (default auto); a runtime without models has no previewer
+    assert seen["preview_method"] == ("auto" if with_models else "latent2rgb")
     assert seen["output_directory"] == str(folders.output)
     assert seen["disable_metadata"] is False and seen["parsing"] is False
     assert seen["models_dir"] == str(tmp_path / "models") and seen["base_path"] == str(tmp_path)

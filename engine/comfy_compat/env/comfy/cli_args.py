@@ -9,6 +9,7 @@ import enum
 
 from engine.comfy_compat.binding import current as _current
 from engine.execution.context import DEVICE as _DEVICE
+from engine.execution.context import PREVIEWER as _PREVIEWER
 
 
 class LatentPreviewMethod(enum.Enum):
@@ -146,8 +147,10 @@ def _from_runtime(namespace: argparse.Namespace) -> argparse.Namespace:
     namespace.input_directory = str(folders.input)
     namespace.temp_directory = str(folders.temp)
     namespace.user_directory = str(folders.user)
-    # diffgraph's server shows latent previews of sampling steps: the latent->RGB kind.
-    namespace.preview_method = LatentPreviewMethod.Latent2RGB
+    # The runtime's --preview-method (ComfyUI's enum values are the same words). A runtime built without
+    # models has no previewer service; latent->RGB, which needs no decoder file, stands in there.
+    method = getattr(binding.services.get(_PREVIEWER), "method", LatentPreviewMethod.Latent2RGB.value)
+    namespace.preview_method = LatentPreviewMethod(method)
     namespace.fast = set()
     device = binding.services.get(_DEVICE)
     if device is None:  # a runtime that runs no model (e.g. `diffgraph nodes`)

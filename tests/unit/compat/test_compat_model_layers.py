@@ -38,6 +38,11 @@ def test_manual_cast_layers_compute_in_the_input_dtype() -> None:
     assert out.dtype == torch.float64
     assert torch.equal(out, F.linear(x, layer.weight.double(), layer.bias.double()))
     plain = disable_weight_init.Linear(4, 3)
+    # disable_weight_init leaves the parameters uninitialised (torch.empty): give them finite values, or
+    # a NaN in that memory survives `w * 0.0` and the check below fails at random.
+    generator = torch.Generator().manual_seed(0)
+    plain.weight.data = torch.randn(3, 4, generator=generator)
+    plain.bias.data = torch.randn(3, generator=generator)
     plain.weight_function = [lambda w: w * 0.0]
     assert torch.count_nonzero(plain(torch.randn(1, 4)) - plain.bias) == 0
     conv = disable_weight_init.conv_nd(2, 3, 5, 3, padding=1)

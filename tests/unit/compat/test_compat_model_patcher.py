@@ -277,8 +277,11 @@ def test_clip_add_patches_takes_comfyui_keys(tiny) -> None:
     assert not torch.equal(theirs.encode(text)[0], clip.encode(text)[0])
 
 
-def test_patch_model_writes_the_clones_patches_and_unpatch_restores_them(tiny) -> None:
-    model = tiny[0]
+def test_patch_model_writes_the_clones_patches_and_unpatch_restores_them(tmp_path) -> None:
+    # Its own model: it writes into the shared weights, which other tests of this module (in any order)
+    # load and patch through the manager.
+    path = write_tiny_checkpoint(tmp_path / "sd1.safetensors", "sd1", seed=1)
+    model = load_checkpoint_handles(path, manager=ModelManager(DeviceInfo.cpu()))[0]
     key = "input_blocks.1.1.proj_in.weight"
     original = model.unet.state_dict()[key].clone()
     clone = model.clone()

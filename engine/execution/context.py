@@ -9,9 +9,8 @@ accessors are typed `Any` here; engine.api documents what each one is.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
-from contextvars import ContextVar
+from collections.abc import Mapping
+from contextvars import ContextVar, Token
 from typing import Any
 
 from engine.errors import ExecutionInterrupted
@@ -147,11 +146,12 @@ def running_context() -> ExecutionContext | None:
     return _RUNNING.get()
 
 
-@contextmanager
-def node_running(context: ExecutionContext) -> Iterator[ExecutionContext]:
-    """Make `context` the running node's context for the duration of the block."""
-    token = _RUNNING.set(context)
-    try:
-        yield context
-    finally:
-        _RUNNING.reset(token)
+def enter_node(context: ExecutionContext) -> Token[ExecutionContext | None]:
+    """Make `context` the running node's context; hand the token to `leave_node` when the node is done.
+    (A token pair rather than a context manager: the executor does this for every node, and a generator
+    context manager costs more than the rest of a trivial node's bookkeeping.)"""
+    return _RUNNING.set(context)
+
+
+def leave_node(token: Token[ExecutionContext | None]) -> None:
+    _RUNNING.reset(token)

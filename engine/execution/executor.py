@@ -36,7 +36,7 @@ from engine.declarations import (
 from engine.errors import ExecutionInterrupted, NodeExecutionError
 from engine.execution.cache import CachedResult, OutputCache, content_key, estimate_nbytes, static_key_part
 from engine.execution.calling import blocker_in, call_mapped
-from engine.execution.context import ExecutionContext, InterruptFlag, node_running
+from engine.execution.context import ExecutionContext, InterruptFlag, enter_node, leave_node
 from engine.execution.events import (
     EventSink,
     ExecutionCached,
@@ -354,17 +354,17 @@ class _Run:
         if definition.wants_context:
             extra["context"] = context
         check_blocked = self._takes_blocked(node)
+        token = enter_node(context)
         try:
-            with node_running(context):
-                outputs, ui, calls, blocked, stopped_by = call_mapped(
-                    definition, inputs, extra, check_blocked
-                )
+            outputs, ui, calls, blocked, stopped_by = call_mapped(definition, inputs, extra, check_blocked)
         except ExecutionInterrupted:
             raise  # `_running` stays set so the interrupted event can name this node
         except Exception as exc:
             self._running = None
             self._fail(node, exc, inputs)
             return
+        finally:
+            leave_node(token)
         self._running = None
         if stopped_by:
             self._report_blocked(node, stopped_by)

@@ -87,7 +87,10 @@ def controlnet_apply_advanced(
         return (positive, negative)
     cache: dict[int, Any] = {}
     args = (control_net, image, strength, start_percent, end_percent, cache)
-    return (models.apply_controlnet(positive, *args), models.apply_controlnet(negative, *args))
+    return (
+        models.apply_controlnet(positive, *args, vae=vae),
+        models.apply_controlnet(negative, *args, vae=vae),
+    )
 
 
 NODES = [controlnet_loader, diff_controlnet_loader, controlnet_apply, controlnet_apply_advanced]

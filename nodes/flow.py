@@ -16,6 +16,7 @@ import torch
 from engine import api
 from engine.api import sampling
 
+from ._image_ops import common_upscale
 from .controlnet import controlnet_apply_advanced
 
 PROMPT = {"dynamicPrompts": True}
@@ -275,11 +276,56 @@ def controlnet_apply_sd3(
     start_percent: float,
     end_percent: float,
 ):
-    """Apply a loaded ControlNet to both conditionings (the VAE input is what SD3 ControlNets encode the
-    hint with; the ControlNets loadable here take the image itself)."""
+    """Apply a loaded ControlNet to both conditionings; SD3 ControlNets encode the control image with the
+    VAE (the UNet ControlNets and T2I adapters take the image itself)."""
     return controlnet_apply_advanced(
         positive, negative, control_net, image, strength, start_percent, end_percent, vae=vae
     )
+
+
+# ComfyUI's PREFERED_KONTEXT_RESOLUTIONS (nodes_flux.py): the (width, height) sizes Kontext was trained on.
+KONTEXT_RESOLUTIONS = (
+    (672, 1568), (688, 1504), (720, 1456), (752, 1392), (800, 1328), (832, 1248), (880, 1184), (944, 1104),
+    (1024, 1024),
+    (1104, 944), (1184, 880), (1248, 832), (1328, 800), (1392, 752), (1456, 720), (1504, 688), (1568, 672),
+)  # fmt: skip
+
+
+@api.node(
+    "FluxKontextImageScale",
+    category="advanced/conditioning/flux",
+    inputs=[api.Input("image", api.IMAGE)],
+    outputs=[api.IMAGE],
+    description="This node resizes the image to one that is more optimal for flux kontext.",
+)
+def flux_kontext_image_scale(image: Any):
+    """Resize (lanczos, centre crop) to the Kontext training size whose aspect ratio is closest."""
+    height, width = int(image.shape[1]), int(image.shape[2])
+    aspect = width / height
+    _, w, h = min((abs(aspect - w / h), w, h) for w, h in KONTEXT_RESOLUTIONS)
+    samples = common_upscale(image.movedim(-1, 1), w, h, "lanczos", "center")
+    return (samples.movedim(1, -1),)
+
+
+@api.node(
+    "FluxKontextMultiReferenceLatentMethod",
+    category="advanced/conditioning/flux",
+    inputs=[
+        api.Input("conditioning", api.CONDITIONING),
+        api.Combo("reference_latents_method", ["offset", "index", "uxo/uno"]),
+    ],
+    outputs=[api.CONDITIONING],
+    experimental=True,
+)
+def flux_kontext_multi_reference_latent_method(conditioning: Any, reference_latents_method: str):
+    """How FLUX Kontext places several reference latents in its position ids ("uxo/uno" is stored as "uxo",
+    as ComfyUI does)."""
+    method = (
+        "uxo"
+        if "uxo" in reference_latents_method or "uso" in reference_latents_method
+        else reference_latents_method
+    )
+    return (_set_values(conditioning, reference_latents_method=method),)
 
 
 NODES = [
@@ -294,4 +340,6 @@ NODES = [
     skip_layer_guidance_dit,
     skip_layer_guidance_sd3,
     controlnet_apply_sd3,
+    flux_kontext_image_scale,
+    flux_kontext_multi_reference_latent_method,
 ]

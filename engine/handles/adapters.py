@@ -21,11 +21,16 @@ from engine.diffusion.checkpoints.control import (
     is_t2i_adapter,
     strip_controlnet_prefix,
 )
+from engine.diffusion.checkpoints.control_mmdit import build_mmdit_controlnet, is_mmdit_controlnet
+from engine.diffusion.checkpoints.control_sd35 import build_sd35_controlnet, is_stability_sd35_controlnet
 from engine.diffusion.checkpoints.io import read_state_dict
 from engine.diffusion.checkpoints.upscalers import UpscalerSpec, load_upscaler_file
 from engine.diffusion.lora import LoraLoad, load_lora_file, text_encoder_key_map, unet_key_map
 from engine.diffusion.models.control_apply import ControlApplication
+from engine.diffusion.models.control_apply_mmdit import MMDiTControlApplication, SD35ControlApplication
 from engine.diffusion.models.controlnet import ControlNetModel
+from engine.diffusion.models.mmdit_controlnet import MMDiTControlNet
+from engine.diffusion.models.mmdit_controlnet_sd35 import SD35ControlNet
 from engine.diffusion.models.t2i_adapter import T2IAdapter
 from engine.diffusion.models.upscalers import upscale_tiled
 from engine.handles.clip import ClipHandle
@@ -84,11 +89,13 @@ def apply_lora(
 class ControlNetHandle:
     """The CONTROL_NET socket value: a ControlNet or T2I-Adapter module and where it came from."""
 
-    module: ControlNetModel | T2IAdapter
+    module: ControlNetModel | T2IAdapter | MMDiTControlNet | SD35ControlNet
     name: str
 
     @property
     def kind(self) -> str:
+        if isinstance(self.module, (MMDiTControlNet, SD35ControlNet)):
+            return "sd3_controlnet"
         return "t2i_adapter" if isinstance(self.module, T2IAdapter) else "controlnet"
 
 
@@ -102,6 +109,10 @@ def load_controlnet(path: str | os.PathLike[str], model: ModelHandle | None = No
         sd = read_state_dict(path, dtype=torch.float32)
         if is_t2i_adapter(sd):
             return ControlNetHandle(build_t2i_adapter(sd), name)
+        if is_stability_sd35_controlnet(sd):
+            return ControlNetHandle(build_sd35_controlnet(sd, dtype=torch.float32), name)
+        if is_mmdit_controlnet(sd):
+            return ControlNetHandle(build_mmdit_controlnet(sd, dtype=torch.float32), name)
         if "difference" in sd:
             if model is None:
                 raise ValueError(
@@ -126,10 +137,12 @@ def apply_controlnet(
     start_percent: float = 0.0,
     end_percent: float = 1.0,
     cache: dict[int, ControlApplication] | None = None,
+    vae: Any = None,
 ) -> list[list[Any]]:
     """A copy of `conditioning` whose entries carry the control (chained onto any control already
     there). `image` is an IMAGE (B, H, W, C). Pass one `cache` for the positive and negative lists so
-    that entries with the same previous control share one application (and one batched UNet call)."""
+    that entries with the same previous control share one application (and one batched UNet call).
+    `vae` (a VAE handle) encodes the control image of SD3 ControlNets."""
     hint = image.movedim(-1, 1).float()
     cache = cache if cache is not None else {}
     out = []
@@ -137,14 +150,23 @@ def apply_controlnet(
         prev = opts.get("control")
         key = id(prev)
         if key not in cache:
-            cache[key] = ControlApplication(
-                control.module,
-                hint,
-                strength=strength,
-                start_percent=start_percent,
-                end_percent=end_percent,
-                previous=prev,
-            )
+            settings: dict[str, Any] = {
+                "strength": strength,
+                "start_percent": start_percent,
+                "end_percent": end_percent,
+                "previous": prev,
+            }
+            if isinstance(control.module, (MMDiTControlNet, SD35ControlNet)):
+                encode = None if vae is None else (lambda px: vae.encode(px.movedim(1, -1)))
+                downscale = 8 if vae is None else vae.downscale
+                kind = (
+                    SD35ControlApplication
+                    if isinstance(control.module, SD35ControlNet)
+                    else MMDiTControlApplication
+                )
+                cache[key] = kind(control.module, hint, encode=encode, downscale=downscale, **settings)
+            else:
+                cache[key] = ControlApplication(control.module, hint, **settings)
         new_opts = dict(opts)
         new_opts["control"] = cache[key]
         out.append([cond, new_opts])

@@ -36,6 +36,7 @@ from engine.diffusion.checkpoints.io import (
     read_state_dict,
 )
 from engine.diffusion.sampling.flow_models import LATENT_CHANNELS, flow_model_parts
+from engine.diffusion.sampling.flux_inputs import FluxConcat
 from engine.diffusion.sampling.model_sampling import (
     ModelSamplingFlow,
     ModelSamplingFlux,
@@ -52,6 +53,7 @@ from engine.handles.model import ModelHandle
 from engine.handles.vae import VAEHandle
 from engine.memory.dtypes import FP8_DTYPES, ModelRole, choose_dtype, store_weights_as
 from engine.memory.manager import ModelManager
+from engine.memory.weight_patches import GrowPatch
 
 PathLike = str | os.PathLike[str]
 # UNETLoader's weight_dtype choices (ComfyUI's names) -> the storage dtype of the transformer's matmuls.
@@ -69,6 +71,25 @@ class FlowModelHandle(ModelHandle):
     @property
     def transformer(self) -> Any:
         return self.unet.model
+
+    def diffusion_model(self) -> Any:
+        """The denoiser; for Flux Fill / Canny / Depth (more input than latent channels) with the extra
+        channels built from the conditioning (`flux_inputs.FluxConcat`)."""
+        dm = super().diffusion_model()
+        cfg = self.transformer.config
+        channels = self._input_channels()
+        if self.family == "flux" and channels > cfg.out_channels:
+            dm.variant = FluxConcat(channels, cfg.out_channels, self.adm_builder, dm.latent_format)
+        return dm
+
+    def _input_channels(self) -> int:
+        """The latent channels ``img_in`` takes once patched: a BFL control LoRA (FLUX.1 Canny / Depth) widens
+        it for the concatenated control latent (ComfyUI reads the patched weight's width the same way)."""
+        cfg = self.transformer.config
+        for _, patch, _ in self.patcher.patches.get("model.img_in.weight", []):
+            if isinstance(patch, GrowPatch):
+                return patch.shape[1] // cfg.patch_size**2
+        return int(cfg.in_channels)
 
     def preview_image(self, x0: torch.Tensor, max_side: int = 512) -> Any:
         from PIL import Image

@@ -157,6 +157,57 @@ class LoKrPatch:
         return torch.kron(w1, w2).reshape(weight.shape) * self.scale
 
 
+@dataclass(frozen=True)
+class SetPatch:
+    """Replace the weight by ``value`` (ComfyUI's "set" patch, e.g. the norm scales a BFL Flux control LoRA
+    carries): applied whatever the strengths, as ComfyUI does."""
+
+    value: torch.Tensor
+
+    def delta(self, weight: torch.Tensor) -> torch.Tensor:
+        return self.value.to(device=weight.device, dtype=torch.float32).reshape(weight.shape) - weight
+
+
+@dataclass(frozen=True)
+class GrowPatch:
+    """``inner`` on the weight zero-padded to ``shape`` first (ComfyUI's "reshape_weight": BFL's Flux control
+    LoRAs widen ``img_in`` to take the control latent's extra input channels). The original values keep the
+    leading positions of every axis."""
+
+    inner: WeightPatch
+    shape: tuple[int, ...]
+
+    def grow(self, weight: torch.Tensor) -> torch.Tensor:
+        if tuple(weight.shape) == self.shape:
+            return weight
+        if len(self.shape) != weight.ndim or any(
+            n < o for n, o in zip(self.shape, weight.shape, strict=True)
+        ):
+            raise ValueError(f"cannot grow a {tuple(weight.shape)} weight to {self.shape}")
+        out = weight.new_zeros(self.shape)
+        out[tuple(slice(0, n) for n in weight.shape)] = weight
+        return out
+
+    def delta(self, weight: torch.Tensor) -> torch.Tensor:
+        return self.inner.delta(weight)
+
+
+def apply_patch(weight: torch.Tensor, patch: WeightPatch, strength: float) -> torch.Tensor:
+    """``weight`` (float32) after one patch at ``strength``: grown first for a `GrowPatch`, replaced for a
+    `SetPatch`, else ``weight + strength * delta``. ValueError when the patch does not fit the weight."""
+    if isinstance(patch, GrowPatch):
+        weight = patch.grow(weight)
+    if isinstance(patch, SetPatch):
+        return weight + patch.delta(weight)
+    delta = patch.delta(weight)
+    if delta.numel() != weight.numel():
+        raise ValueError(
+            f"the patch has {tuple(delta.shape)} ({delta.numel()} values) but the weight is "
+            f"{tuple(weight.shape)}; the patch file was probably made for a different model architecture"
+        )
+    return weight + strength * delta.reshape(weight.shape)
+
+
 def as_patch(value: WeightPatch | torch.Tensor) -> WeightPatch:
     """A patch object for `value`; a bare tensor is a full-weight difference."""
     if isinstance(value, torch.Tensor):

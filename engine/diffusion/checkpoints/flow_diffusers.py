@@ -36,8 +36,9 @@ _WEIGHT_NAMES = ("diffusion_pytorch_model", "model")
 _QKV = ("to_q", "to_k", "to_v")
 _ADDED_QKV = ("add_q_proj", "add_k_proj", "add_v_proj")
 
-# ours -> diffusers module outside the blocks (the final adaLN, swapped, is handled apart).
-_SD3_BASIC = {
+# ours -> diffusers module outside the blocks (the final adaLN, swapped, is handled apart). These tables
+# are also the LoRA key maps' (engine.diffusion.lora.keymap_flow reads them the other way round).
+SD3_BASIC = {
     "context_embedder": "context_embedder",
     "t_embedder.mlp.0": "time_text_embed.timestep_embedder.linear_1",
     "t_embedder.mlp.2": "time_text_embed.timestep_embedder.linear_2",
@@ -46,7 +47,7 @@ _SD3_BASIC = {
     "x_embedder.proj": "pos_embed.proj",
     "final_layer.linear": "proj_out",
 }
-_SD3_BLOCK = {
+SD3_BLOCK = {
     "context_block.adaLN_modulation.1": "norm1_context.linear",
     "context_block.attn.proj": "attn.to_add_out",
     "context_block.mlp.fc1": "ff_context.net.0.proj",
@@ -63,7 +64,7 @@ _SD3_BLOCK = {
     "x_block.mlp.fc1": "ff.net.0.proj",
     "x_block.mlp.fc2": "ff.net.2",
 }
-_FLUX_BASIC = {
+FLUX_BASIC = {
     "final_layer.linear": "proj_out",
     "img_in": "x_embedder",
     "txt_in": "context_embedder",
@@ -74,7 +75,7 @@ _FLUX_BASIC = {
     "guidance_in.in_layer": "time_text_embed.guidance_embedder.linear_1",
     "guidance_in.out_layer": "time_text_embed.guidance_embedder.linear_2",
 }
-_FLUX_DOUBLE = {
+FLUX_DOUBLE = {
     "img_attn.proj": "attn.to_out.0",
     "img_mod.lin": "norm1.linear",
     "txt_mod.lin": "norm1_context.linear",
@@ -91,7 +92,7 @@ _FLUX_DOUBLE_NORMS = {
     "txt_attn.norm.query_norm.scale": "attn.norm_added_q.weight",
     "txt_attn.norm.key_norm.scale": "attn.norm_added_k.weight",
 }
-_FLUX_SINGLE = {"modulation.lin": "norm.linear", "linear2": "proj_out"}
+FLUX_SINGLE = {"modulation.lin": "norm.linear", "linear2": "proj_out"}
 _FLUX_SINGLE_NORMS = {
     "norm.query_norm.scale": "attn.norm_q.weight",
     "norm.key_norm.scale": "attn.norm_k.weight",
@@ -145,20 +146,22 @@ def _count(keys: Iterable[str], prefix: str) -> int:
     return max(found) + 1 if found else 0
 
 
-def sd3_diffusers_to_original(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """diffusers ``SD3Transformer2DModel`` keys -> MMDiT single-file keys (without ``model.diffusion_model.``)."""
+def sd3_diffusers_to_original(
+    sd: Mapping[str, torch.Tensor], *, pre_only_last: bool = True
+) -> dict[str, torch.Tensor]:
+    """diffusers ``SD3Transformer2DModel`` keys -> MMDiT single-file keys (without ``model.diffusion_model.``).
+
+    ``pre_only_last=False`` for ``SD3ControlNetModel``'s blocks, none of which is pre-only."""
     c = _Converter(sd)
-    c.modules(_SD3_BASIC, "", "")
+    c.modules(SD3_BASIC, "", "")
     c.modules({"final_layer.adaLN_modulation.1": "norm_out.linear"}, "", "", swap=True)
     c.take("pos_embed", "pos_embed.pos_embed")
     depth = _count(sd, "transformer_blocks")
     for i in range(depth):
         ours, theirs = f"joint_blocks.{i}.", f"transformer_blocks.{i}."
         # The last block's context adaLN is diffusers' AdaLayerNormContinuous: (scale, shift).
-        last = i == depth - 1
-        table = {
-            k: v for k, v in _SD3_BLOCK.items() if not (last and k == "context_block.adaLN_modulation.1")
-        }
+        last = pre_only_last and i == depth - 1
+        table = {k: v for k, v in SD3_BLOCK.items() if not (last and k == "context_block.adaLN_modulation.1")}
         c.modules(table, ours, theirs)
         if last:
             c.modules({"context_block.adaLN_modulation.1": "norm1_context.linear"}, ours, theirs, swap=True)
@@ -171,18 +174,18 @@ def sd3_diffusers_to_original(sd: Mapping[str, torch.Tensor]) -> dict[str, torch
 def flux_diffusers_to_original(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """diffusers ``FluxTransformer2DModel`` keys -> FLUX.1 single-file keys."""
     c = _Converter(sd)
-    c.modules(_FLUX_BASIC, "", "")
+    c.modules(FLUX_BASIC, "", "")
     c.modules({"final_layer.adaLN_modulation.1": "norm_out.linear"}, "", "", swap=True)
     for i in range(_count(sd, "transformer_blocks")):
         ours, theirs = f"double_blocks.{i}.", f"transformer_blocks.{i}."
-        c.modules(_FLUX_DOUBLE, ours, theirs)
+        c.modules(FLUX_DOUBLE, ours, theirs)
         for a, b in _FLUX_DOUBLE_NORMS.items():
             c.take(ours + a, theirs + b)
         c.fuse(ours + "img_attn.qkv", (f"{theirs}attn.{n}" for n in _QKV))
         c.fuse(ours + "txt_attn.qkv", (f"{theirs}attn.{n}" for n in _ADDED_QKV))
     for i in range(_count(sd, "single_transformer_blocks")):
         ours, theirs = f"single_blocks.{i}.", f"single_transformer_blocks.{i}."
-        c.modules(_FLUX_SINGLE, ours, theirs)
+        c.modules(FLUX_SINGLE, ours, theirs)
         for a, b in _FLUX_SINGLE_NORMS.items():
             c.take(ours + a, theirs + b)
         c.fuse(ours + "linear1", [*(f"{theirs}attn.{n}" for n in _QKV), theirs + "proj_mlp"])

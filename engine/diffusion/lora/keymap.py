@@ -46,9 +46,11 @@ def _add(mapping: dict[str, str], name: str, target: str) -> None:
 
 def unet_key_map(param_keys: Iterable[str]) -> dict[str, str]:
     """LoRA module names -> our UNet module paths, for a UNet with these parameter keys."""
-    keys = [k for k in param_keys if k.endswith(_LEAVES)]
+    all_keys = list(param_keys)
+    keys = [k for k in all_keys if k.endswith(_LEAVES)]
     if flow_family(keys) is not None:
-        return flow_key_map(keys)  # SD3 / FLUX.1 transformers: their own names, see keymap_flow
+        # SD3 / FLUX.1 transformers: their own names (incl. Flux's norm scales), see keymap_flow
+        return flow_key_map(all_keys)
     mapping: dict[str, str] = {}
     # Values pass through the layout conversion untouched, so converting {key: key} yields
     # {diffusers key: original key}.

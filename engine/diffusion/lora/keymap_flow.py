@@ -20,11 +20,18 @@ rows go; the loader turns it into a `SlicedPatch`.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import torch
 
+from engine.diffusion.checkpoints.flow_diffusers import (
+    FLUX_BASIC,
+    FLUX_DOUBLE,
+    FLUX_SINGLE,
+    SD3_BASIC,
+    SD3_BLOCK,
+)
 from engine.memory.weight_patches import WeightPatch
 
 
@@ -82,48 +89,72 @@ class SumPatch:
 _QKV = (("to_q", 0), ("to_k", 1), ("to_v", 2))
 _ADD_QKV = (("add_q_proj", 0), ("add_k_proj", 1), ("add_v_proj", 2))
 
-_FLUX_DOUBLE = {
-    "attn.to_out.0": "img_attn.proj",
-    "attn.to_add_out": "txt_attn.proj",
-    "norm1.linear": "img_mod.lin",
-    "norm1_context.linear": "txt_mod.lin",
-    "ff.net.0.proj": "img_mlp.0",
-    "ff.net.2": "img_mlp.2",
-    "ff_context.net.0.proj": "txt_mlp.0",
-    "ff_context.net.2": "txt_mlp.2",
-}
-_FLUX_SINGLE = {"norm.linear": "modulation.lin", "proj_out": "linear2"}
-_FLUX_BASIC = {
-    "x_embedder": "img_in",
-    "context_embedder": "txt_in",
-    "time_text_embed.timestep_embedder.linear_1": "time_in.in_layer",
-    "time_text_embed.timestep_embedder.linear_2": "time_in.out_layer",
-    "time_text_embed.text_embedder.linear_1": "vector_in.in_layer",
-    "time_text_embed.text_embedder.linear_2": "vector_in.out_layer",
-    "time_text_embed.guidance_embedder.linear_1": "guidance_in.in_layer",
-    "time_text_embed.guidance_embedder.linear_2": "guidance_in.out_layer",
-    "proj_out": "final_layer.linear",
-}
-_MMDIT_BLOCK = {
-    "norm1_context.linear": "context_block.adaLN_modulation.1",
-    "attn.to_add_out": "context_block.attn.proj",
-    "ff_context.net.0.proj": "context_block.mlp.fc1",
-    "ff_context.net.2": "context_block.mlp.fc2",
-    "norm1.linear": "x_block.adaLN_modulation.1",
-    "attn.to_out.0": "x_block.attn.proj",
-    "attn2.to_out.0": "x_block.attn2.proj",
-    "ff.net.0.proj": "x_block.mlp.fc1",
-    "ff.net.2": "x_block.mlp.fc2",
-}
-_MMDIT_BASIC = {
-    "pos_embed.proj": "x_embedder.proj",
-    "context_embedder": "context_embedder",
-    "time_text_embed.timestep_embedder.linear_1": "t_embedder.mlp.0",
-    "time_text_embed.timestep_embedder.linear_2": "t_embedder.mlp.2",
-    "time_text_embed.text_embedder.linear_1": "y_embedder.mlp.0",
-    "time_text_embed.text_embedder.linear_2": "y_embedder.mlp.2",
-    "proj_out": "final_layer.linear",
-}
+
+def _inverse(table: dict[str, str]) -> dict[str, str]:
+    return {theirs: ours for ours, theirs in table.items()}
+
+
+# diffusers module -> ours: the diffusers-folder conversion's tables read the other way round.
+_FLUX_DOUBLE = _inverse(FLUX_DOUBLE)
+_FLUX_SINGLE = _inverse(FLUX_SINGLE)
+_FLUX_BASIC = _inverse(FLUX_BASIC)
+_MMDIT_BLOCK = _inverse(SD3_BLOCK)
+_MMDIT_BASIC = _inverse(SD3_BASIC)
+
+# XLabs' Flux LoRAs (attention-processor names, facts from ComfyUI's ``lora_convert.convert_uso_lora``): image
+# stream 1, text stream 2; ``qkv_lora`` of a single block covers the q/k/v rows of ``linear1`` only.
+_XLABS = (
+    (".processor.qkv_lora1.", ".img_attn.qkv."),
+    (".processor.qkv_lora2.", ".txt_attn.qkv."),
+    (".processor.proj_lora1.", ".img_attn.proj."),
+    (".processor.proj_lora2.", ".txt_attn.proj."),
+    (".processor.qkv_lora.", ".linear1_qkv."),
+    (".processor.proj_lora.", ".linear2."),
+)
+_XLABS_LEAVES = ((".down.weight", ".lora_down.weight"), (".up.weight", ".lora_up.weight"))
+# A LoRA's up-projection bias (BFL's control LoRAs, PEFT ``lora_bias``): ComfyUI adds it to the layer's
+# bias as a plain difference (``diff_b``), not scaled by alpha / rank.
+_UP_BIASES = (".lora_B.bias", ".lora_up.bias", ".lora.up.bias")
+
+
+def is_bfl_control_lora(sd: Mapping[str, torch.Tensor]) -> bool:
+    """BFL's FLUX.1 Canny / Depth LoRAs (``flux1-depth-dev-lora``): a LoRA on an ``img_in`` with more input
+    channels (the control latent's), plus whole QK-norm scales (ComfyUI's ``convert_lora_bfl_control``)."""
+    return "img_in.lora_A.weight" in sd and "single_blocks.0.norm.key_norm.scale" in sd
+
+
+def _bfl_control(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The norm scales become ``set_weight`` entries and ``img_in`` gets a ``reshape_weight``: the shape its
+    weight is zero-padded to before the LoRA is added (lora_B's rows x lora_A's columns)."""
+    out = {(k + ".set_weight" if k.endswith("_norm.scale") else k): v for k, v in sd.items()}
+    up, down = sd["img_in.lora_B.weight"], sd["img_in.lora_A.weight"]
+    out["img_in.reshape_weight"] = torch.tensor([up.shape[0], down.shape[1]])
+    return out
+
+
+def convert_flow_lora_keys(sd: Mapping[str, torch.Tensor]) -> Mapping[str, torch.Tensor]:
+    """XLabs names -> the native ``lora_up`` / ``lora_down`` names, up-projection biases -> ``diff_b``, BFL
+    control LoRAs' extras (``_bfl_control``); any other state dict is returned unchanged (the same object)."""
+    if is_bfl_control_lora(sd):
+        sd = _bfl_control(sd)
+    if not any(k.endswith(_UP_BIASES) or (".processor." in k and "_lora" in k) for k in sd):
+        return sd
+    out: dict[str, torch.Tensor] = {}
+    for key, value in sd.items():
+        new = key
+        for old, ours in _XLABS:
+            if old in new:
+                new = new.replace(old, ours)
+                for leaf, native in _XLABS_LEAVES:
+                    if new.endswith(leaf):
+                        new = new[: -len(leaf)] + native
+        for bias in _UP_BIASES:
+            if new.endswith(bias):
+                new = new[: -len(bias)] + ".diff_b"
+        out[new] = value
+    return out
+
+
 _FAMILY_MARK = re.compile(r"^(.*?)(double_blocks|joint_blocks)\.\d+\.")
 
 
@@ -188,12 +219,19 @@ def _with_prefix(module: str, prefix: str) -> str:
 def flow_key_map(param_keys: Iterable[str]) -> dict[str, str]:
     """LoRA module names -> our module paths for an MMDiT or Flux module with these parameter keys
     (empty when the keys are neither)."""
-    keys = [k for k in param_keys if k.endswith(".weight")]
+    all_keys = list(param_keys)
+    keys = [k for k in all_keys if k.endswith(".weight")]
     found = flow_family(keys)
     if found is None:
         return {}
     family, prefix = found
     ours = {k[len(prefix) : -len(".weight")] for k in keys if k.startswith(prefix)}
+    # Flux's QK-norm scales (the modules BFL's control LoRAs set) answer to their native names too.
+    ours |= {
+        k[len(prefix) : -len(".scale")]
+        for k in all_keys
+        if k.startswith(prefix) and k.endswith("_norm.scale")
+    }
     mapping: dict[str, str] = {}
     for m in sorted(ours):
         target = prefix + m
@@ -201,6 +239,10 @@ def flow_key_map(param_keys: Iterable[str]) -> dict[str, str]:
             mapping.setdefault(p + m, target)
         for p in ("lora_unet_", "lora_transformer_"):
             mapping.setdefault(p + m.replace(".", "_"), target)
+    for m in sorted(ours):
+        if m.startswith("single_blocks.") and m.endswith(".linear1"):  # XLabs' q/k/v part of linear1
+            for p in ("diffusion_model.", ""):
+                mapping.setdefault(f"{p}{m}_qkv", SlicedModule(prefix + m, 0))
     diffusers = _flux_diffusers(ours) if family == "flux" else _mmdit_diffusers(ours)
     for dname, module in diffusers.items():
         if str(module) not in ours:

@@ -10,7 +10,10 @@ Supported layouts (per module name ``M``, see ``keymap`` for the names):
 * LyCORIS LoHa: ``M.hada_w1_a``, ``hada_w1_b``, ``hada_w2_a``, ``hada_w2_b`` (+ ``hada_t1``/``hada_t2``).
 * LyCORIS LoKr: ``M.lokr_w1`` or ``lokr_w1_a``/``lokr_w1_b``; ``M.lokr_w2`` or ``lokr_w2_a``/``lokr_w2_b``
   (+ ``lokr_t2``).
-* Full differences: ``M.diff`` (weight) and ``M.diff_b`` (bias).
+* Full differences: ``M.diff`` (weight) and ``M.diff_b`` (bias); a LoRA's ``lora_B.bias`` / ``lora_up.bias``
+  counts as ``diff_b`` and XLabs' Flux names are renamed first (``keymap_flow.convert_flow_lora_keys``).
+* ComfyUI's ``M.set_weight`` (the value replaces the parameter) and ``M.reshape_weight`` (M's weight is
+  zero-padded to that shape before its LoRA is added), which BFL's Flux control LoRAs use.
 
 Keys that address no known module, and parts of formats that are not implemented (DoRA's
 ``dora_scale``, LyCORIS norm ``w_norm``/``b_norm``), are returned in ``LoraLoad.unmatched`` (ComfyUI's
@@ -26,9 +29,17 @@ from dataclasses import dataclass, field
 import torch
 
 from engine.diffusion.checkpoints.io import read_state_dict
-from engine.memory.weight_patches import DiffPatch, LoHaPatch, LoKrPatch, LoRAPatch, WeightPatch
+from engine.memory.weight_patches import (
+    DiffPatch,
+    GrowPatch,
+    LoHaPatch,
+    LoKrPatch,
+    LoRAPatch,
+    SetPatch,
+    WeightPatch,
+)
 
-from .keymap_flow import SlicedModule, SlicedPatch, SumPatch
+from .keymap_flow import SlicedModule, SlicedPatch, SumPatch, convert_flow_lora_keys
 
 # (up suffix, down suffix, mid suffix or None) for every plain-LoRA spelling.
 _LORA_SUFFIXES = (
@@ -93,6 +104,7 @@ def load_lora(sd: Mapping[str, torch.Tensor], targets: Mapping[str, Mapping[str,
     ``targets``: target name -> module-name map (from ``unet_key_map`` / ``text_encoder_key_map``).
     Returns patches keyed by ``<module>.weight`` / ``<module>.bias`` per target."""
     result = LoraLoad(patches={t: {} for t in targets})
+    sd = convert_flow_lora_keys(sd)
     used: set[str] = set()
 
     def put(name: str, leaf: str, patch: WeightPatch, keys: list[str]) -> None:
@@ -151,8 +163,35 @@ def load_lora(sd: Mapping[str, torch.Tensor], targets: Mapping[str, Mapping[str,
             put(key[: -len(".diff")], "weight", DiffPatch(sd[key]), [key])
         elif key.endswith(".diff_b"):
             put(key[: -len(".diff_b")], "bias", DiffPatch(sd[key]), [key])
+        elif key.endswith(".set_weight"):
+            name = key[: -len(".set_weight")]  # a module (its weight) or a full parameter path
+            module, _, leaf = name.rpartition(".")
+            if _resolve(name, targets) is not None:
+                module, leaf = name, "weight"
+            put(module, leaf, SetPatch(sd[key]), [key])
+    for key in [k for k in sd if k.endswith(".reshape_weight")]:
+        _grow(result, sd, key, targets, used)
     result.unmatched = sorted(k for k in sd if k not in used)
     return result
+
+
+def _grow(
+    result: LoraLoad,
+    sd: Mapping[str, torch.Tensor],
+    key: str,
+    targets: Mapping[str, Mapping[str, str]],
+    used: set[str],
+) -> None:
+    """``M.reshape_weight`` (BFL control LoRAs): M's weight is zero-padded to that shape before its patch."""
+    hit = _resolve(key[: -len(".reshape_weight")], targets)
+    if hit is None:
+        return
+    target, module = hit
+    patch = result.patches[target].get(f"{module}.weight")
+    if patch is not None:
+        shape = tuple(int(n) for n in sd[key].reshape(-1).tolist())
+        result.patches[target][f"{module}.weight"] = GrowPatch(patch, shape)
+        used.add(key)
 
 
 def load_lora_file(path: str | os.PathLike[str], targets: Mapping[str, Mapping[str, str]]) -> LoraLoad:

@@ -80,6 +80,15 @@ class ControlApplication:
             node.model_sampling = model_sampling
             node = node.previous
 
+    def bind_model(self, model: Any) -> None:
+        """Show every control of the chain the model being sampled (a ``DiffusionModel``), for those that
+        take weights from it (Stability's SD3.5 ControlNets borrow its patch embedding)."""
+        for node in self.chain():
+            node._bind(model)
+
+    def _bind(self, model: Any) -> None:
+        """Nothing to take from the sampled model (the default)."""
+
     def chain(self) -> list[ControlApplication]:
         out: list[ControlApplication] = []
         node: ControlApplication | None = self

@@ -38,8 +38,9 @@ def pad_to_patch(x: torch.Tensor, patch: int) -> torch.Tensor:
 
 def split_heads(t: torch.Tensor, heads: int) -> torch.Tensor:
     """(B, N, heads*d) -> (B, heads, N, d)."""
-    b, n, _ = t.shape
-    return t.view(b, n, heads, -1).transpose(1, 2)
+    b, n, c = t.shape
+    # The head size is explicit so that an empty sequence (no text tokens) reshapes too.
+    return t.view(b, n, heads, c // heads).transpose(1, 2)
 
 
 def merge_heads(t: torch.Tensor) -> torch.Tensor:

@@ -268,12 +268,52 @@ class LastLayer(nn.Module):
         return self.linear(modulate(layer_norm(x), shift, scale))  # (B, N, dim) -> (B, N, p*p*C_out)
 
 
-def image_ids(b: int, h: int, w: int, device: Any = None) -> torch.Tensor:
-    """Ids (B, h*w, 3) of an h x w patch grid in row-major order: (0, row, column)."""
+def image_ids(
+    b: int, h: int, w: int, device: Any = None, *, index: int = 0, top: int = 0, left: int = 0
+) -> torch.Tensor:
+    """Ids (B, h*w, 3) of an h x w patch grid in row-major order: (index, top + row, left + column)."""
     ids = torch.zeros(h, w, 3, device=device)
-    ids[..., 1] = torch.arange(h, device=device)[:, None]
-    ids[..., 2] = torch.arange(w, device=device)[None, :]
+    ids[..., 0] = index
+    ids[..., 1] = torch.arange(h, device=device)[:, None] + top
+    ids[..., 2] = torch.arange(w, device=device)[None, :] + left
     return ids.reshape(1, h * w, 3).expand(b, -1, -1)
+
+
+def patchify(x: torch.Tensor, p: int) -> torch.Tensor:
+    """(B, C, H, W) -> (B, ceil(H/p) * ceil(W/p), C*p*p) tokens (padded circularly), channel-major patches."""
+    x = pad_to_patch(x, p)
+    b, c, hh, ww = x.shape
+    h, w = hh // p, ww // p
+    return x.reshape(b, c, h, p, w, p).permute(0, 2, 4, 1, 3, 5).reshape(b, h * w, c * p * p)
+
+
+def reference_placement(
+    shapes: list[tuple[int, int]], grid: tuple[int, int], p: int, method: str
+) -> list[tuple[int, int, int]]:
+    """(index, top, left) ids of each Kontext reference latent, offsets in patches (ComfyUI's Flux scheme).
+
+    ``shapes``: the references' latent sizes (h, w); ``grid``: the sampled latent's patch grid. "offset"
+    (default): index 1, each reference placed after the previous ones along the side that keeps the
+    layout squarer; "index": no offset, index 1, 2, 3...; "uxo": index 0, placed diagonally past the
+    sampled image and the references before it. Offsets are latent pixels rounded to patches."""
+    out = []
+    h = w = index = 0
+    for rh, rw in shapes:
+        top = left = 0
+        if method == "index":
+            index += 1
+        elif method == "uxo":
+            index, top, left = 0, grid[0] * p + h, grid[1] * p + w
+            h, w = h + rh, w + rw
+        else:
+            index = 1
+            if rh + h > rw + w:
+                left = w
+            else:
+                top = h
+            h, w = max(h, rh + top), max(w, rw + left)
+        out.append((index, (top + p // 2) // p, (left + p // 2) // p))
+    return out
 
 
 class Flux(nn.Module):
@@ -347,14 +387,26 @@ class Flux(nn.Module):
         y: torch.Tensor,
         guidance: torch.Tensor | None = None,
         blocks_replace: Mapping[tuple[str, int], Any] | None = None,
+        ref_latents: list[torch.Tensor] | None = None,
+        ref_method: str = "offset",
     ) -> torch.Tensor:
+        """``ref_latents``: Kontext reference latents (each (B or 1, C, h, w), in model space), appended as
+        extra image tokens with the ids of `reference_placement`; only the sampled tokens are returned."""
         out_dtype = x.dtype
-        b, c, height, width = x.shape
+        b, _, height, width = x.shape
         p = self.config.patch_size
-        x = pad_to_patch(x.to(self.dtype), p)
-        h, w = x.shape[-2] // p, x.shape[-1] // p
-        # (B, C, h*p, w*p) -> (B, h*w, C*p*p): each token holds its patch channel-major, then (row, column).
-        img = x.reshape(b, c, h, p, w, p).permute(0, 2, 4, 1, 3, 5).reshape(b, h * w, c * p * p)
+        h, w = -(-height // p), -(-width // p)
+        img = patchify(x.to(self.dtype), p)  # (B, h*w, C*p*p)
+        ids = image_ids(b, h, w, x.device)
+        if ref_latents:
+            shapes = [(int(r.shape[-2]), int(r.shape[-1])) for r in ref_latents]
+            placed = reference_placement(shapes, (h, w), p, ref_method)
+            refs = [patchify(_batch_to(r.to(x.device, self.dtype), b), p) for r in ref_latents]
+            ref_ids = [
+                image_ids(b, -(-rh // p), -(-rw // p), x.device, index=i, top=t, left=le)
+                for (rh, rw), (i, t, le) in zip(shapes, placed, strict=True)
+            ]
+            img, ids = torch.cat([img, *refs], dim=1), torch.cat([ids, *ref_ids], dim=1)
         txt_ids = torch.zeros(b, context.shape[1], 3, device=x.device)
         t = timesteps.reshape(-1).expand(b) if timesteps.numel() == 1 else timesteps
         g = None
@@ -362,7 +414,7 @@ class Flux(nn.Module):
             g = guidance.reshape(-1).expand(b) if guidance.numel() == 1 else guidance
         out = self.forward_tokens(
             img,
-            image_ids(b, h, w, x.device),
+            ids,
             context.to(self.dtype),
             txt_ids,
             t,
@@ -371,8 +423,17 @@ class Flux(nn.Module):
             blocks_replace=blocks_replace,
         )
         co = self.config.out_channels
-        out = out.reshape(b, h, w, co, p, p).permute(0, 3, 1, 4, 2, 5).reshape(b, co, h * p, w * p)
+        out = (
+            out[:, : h * w].reshape(b, h, w, co, p, p).permute(0, 3, 1, 4, 2, 5).reshape(b, co, h * p, w * p)
+        )
         return out[:, :, :height, :width].to(out_dtype)
+
+
+def _batch_to(t: torch.Tensor, b: int) -> torch.Tensor:
+    """Repeat (or cut) a batch to b items, as ComfyUI's repeat_to_batch_size for reference latents."""
+    if t.shape[0] == b:
+        return t
+    return t.repeat(-(-b // t.shape[0]), 1, 1, 1)[:b]
 
 
 def _replaced_double(

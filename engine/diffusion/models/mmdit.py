@@ -26,6 +26,7 @@ Forward contract: ``MMDiT.forward(x, timesteps, context=None, y=None, control=No
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -268,15 +269,7 @@ class MMDiT(nn.Module):
 
     def cropped_pos_embed(self, h: int, w: int) -> torch.Tensor:
         """The centre ``h x w`` window of the stored position grid, as tokens (1, h*w, hidden)."""
-        m = self.config.pos_embed_max_size
-        if h > m or w > m:
-            raise ValueError(
-                f"MMDiT: latent of {h}x{w} patches exceeds the {m}x{m} position-embedding grid "
-                f"(at most {m * self.config.patch_size} latent pixels per side)"
-            )
-        top, left = (m - h) // 2, (m - w) // 2
-        grid = self.pos_embed.reshape(1, m, m, -1)[:, top : top + h, left : left + w]
-        return grid.reshape(1, h * w, -1)
+        return crop_position_grid(self.pos_embed, h, w, patch=self.config.patch_size, what="MMDiT")
 
     def unpatchify(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
         """(B, h*w, p*p*C) tokens -> (B, C, h*p, w*p); each token holds its patch as (p, p, C)."""
@@ -322,6 +315,19 @@ class MMDiT(nn.Module):
                 tokens = tokens + residuals[i]
         out = self.unpatchify(self.final_layer(tokens, c), h, w)  # (B, C_out, h*p, w*p)
         return out[:, :, :height, :width].to(out_dtype)
+
+
+def crop_position_grid(pos_embed: torch.Tensor, h: int, w: int, *, patch: int, what: str) -> torch.Tensor:
+    """The centre ``h x w`` window of a square position grid (1, m*m, hidden), as tokens (1, h*w, hidden)."""
+    m = math.isqrt(pos_embed.shape[1])
+    if h > m or w > m:
+        raise ValueError(
+            f"{what}: latent of {h}x{w} patches exceeds the {m}x{m} position-embedding grid "
+            f"(at most {m * patch} latent pixels per side)"
+        )
+    top, left = (m - h) // 2, (m - w) // 2
+    grid = pos_embed.reshape(1, m, m, -1)[:, top : top + h, left : left + w]
+    return grid.reshape(1, h * w, -1)
 
 
 def _replaced_block(

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from .diffusion_model import DiffusionModel
+from .flux_inputs import pack_references, same_references, unpack_references
 from .model_sampling import ModelSamplingFlow, ModelSamplingFlux, auraflow_model_sampling, sd3_model_sampling
 
 FLUX_DEFAULT_GUIDANCE = 3.5
@@ -70,14 +71,45 @@ class TransformerAdapter(nn.Module):
         b = x.shape[0]
         if context is None:
             context = x.new_zeros(b, 0, cfg.context_in_dim)
+        refs = None if y is None else y[:, cfg.vec_in_dim + 1 :]
+        if refs is not None and refs.shape[1] and not same_references(refs):
+            # Entries with different reference latents but equal y widths: one call per row.
+            t = timesteps.reshape(-1).expand(b)
+            assert y is not None
+            return torch.cat(
+                [
+                    self.forward(
+                        x[i : i + 1],
+                        t[i : i + 1],
+                        context[i : i + 1],
+                        y[i : i + 1],
+                        control,
+                        transformer_options,
+                    )
+                    for i in range(b)
+                ]
+            )
         pooled, guidance = split_flux_y(y, b, cfg.vec_in_dim, x)
-        return self.model(x, timesteps, context, pooled, guidance=guidance, blocks_replace=replace)
+        ref_latents, method = (
+            unpack_references(refs) if refs is not None and refs.shape[1] else (None, "offset")
+        )
+        return self.model(
+            x,
+            timesteps,
+            context,
+            pooled,
+            guidance=guidance,
+            blocks_replace=replace,
+            ref_latents=ref_latents,
+            ref_method=method,
+        )
 
 
 def split_flux_y(
     y: torch.Tensor | None, b: int, vec_in_dim: int, like: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``y`` (B, vec_in_dim + 1) -> pooled (B, vec_in_dim) and guidance (B,) or None (NaN everywhere)."""
+    """``y`` (B, vec_in_dim + 1 [+ references]) -> pooled (B, vec_in_dim) and guidance (B,) or None (NaN
+    everywhere); reference-latent columns after the guidance (`flux_inputs.pack_references`) are ignored."""
     if y is None:
         return like.new_zeros(b, vec_in_dim), None
     pooled, g = y[:, :vec_in_dim], y[:, vec_in_dim:]
@@ -108,8 +140,12 @@ def flux_adm_builder(vec_in_dim: int) -> Any:
         pooled = cond.get("pooled_output")
         p = torch.zeros(1, vec_in_dim) if pooled is None else torch.as_tensor(pooled).float()
         g = cond.get("guidance", FLUX_DEFAULT_GUIDANCE)
+        refs = cond.get("reference_latents")
+        if refs:  # one row per reference batch item when the references hold more than the pooled vector
+            p = p.expand(max(p.shape[0], *(int(torch.as_tensor(r).shape[0]) for r in refs)), -1)
         col = torch.full((p.shape[0], 1), float("nan") if g is None else float(g), device=p.device)
-        return torch.cat([p, col], dim=1)
+        packed = pack_references(cond, p.shape[0])
+        return torch.cat([p, col] if packed is None else [p, col, packed.to(p.device)], dim=1)
 
     return build
 

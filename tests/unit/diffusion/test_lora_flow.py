@@ -288,3 +288,75 @@ def test_flux_kohya_lora_split_by_diffusers_lands_where_the_fused_rows_were() ->
             torch.testing.assert_close(inner.delta(torch.empty(0)), want, rtol=1e-5, atol=1e-3)
             covered.append((start, n))
         assert sorted(covered)[0][0] == 0 and sum(n for _, n in covered) == rows
+
+
+def test_xlabs_flux_lora_names(ctx: Any) -> None:
+    # XLabs: processor.qkv_lora1/2 (image / text qkv), proj_lora1/2, and a single block's qkv_lora on the
+    # q/k/v rows of linear1 only; no alpha -> scale 1.
+    h, gen = flux.TINY.hidden_size, torch.Generator().manual_seed(6)
+    items = [
+        ("double_blocks.0.processor.qkv_lora1", 3 * h, h, "double_blocks.0.img_attn.qkv.weight"),
+        ("double_blocks.0.processor.qkv_lora2", 3 * h, h, "double_blocks.0.txt_attn.qkv.weight"),
+        ("double_blocks.0.processor.proj_lora1", h, h, "double_blocks.0.img_attn.proj.weight"),
+        ("double_blocks.0.processor.proj_lora2", h, h, "double_blocks.0.txt_attn.proj.weight"),
+        ("single_blocks.1.processor.qkv_lora", 3 * h, h, "single_blocks.1.linear1.weight"),
+        (
+            "single_blocks.0.processor.proj_lora",
+            h,
+            h + flux.TINY.mlp_hidden,
+            "single_blocks.0.linear2.weight",
+        ),
+    ]
+    tensors, parts = {}, []
+    for name, rows, cols, key in items:
+        up, down = _pair(rows, cols, gen)
+        tensors.update({f"{name}.up.weight": up, f"{name}.down.weight": down})
+        parts.append((key, 0, up @ down))
+    base, after, report = _patched(ctx, "flux", _lora_file(ctx, "flux_xlabs.safetensors", tensors))
+    assert "not loaded" not in report
+    _check(base, after, _expected(base, parts))
+
+
+def test_bias_keys_patch_the_biases(ctx: Any) -> None:
+    # diff_b on a native name (whole bias) and on a diffusers q/k/v name (its rows of the fused bias); a
+    # LoRA's up-projection bias (lora_B.bias) is added as a plain difference, not scaled by alpha/rank.
+    h, gen = flux.TINY.hidden_size, torch.Generator().manual_seed(7)
+    up, down = _pair(h, h, gen)
+    b_full, b_v, b_k = (
+        torch.randn(3 * h, generator=gen),
+        torch.randn(h, generator=gen),
+        torch.randn(h, generator=gen),
+    )
+    tensors = {
+        "diffusion_model.double_blocks.0.img_attn.qkv.diff_b": b_full,
+        "transformer.single_transformer_blocks.1.attn.to_v.diff_b": b_v,
+        "transformer.transformer_blocks.0.attn.add_k_proj.lora_A.weight": down,
+        "transformer.transformer_blocks.0.attn.add_k_proj.lora_B.weight": up,
+        "transformer.transformer_blocks.0.attn.add_k_proj.lora_B.bias": b_k,
+        "transformer.transformer_blocks.0.attn.add_k_proj.alpha": torch.tensor(ALPHA),
+    }
+    parts = [
+        ("double_blocks.0.img_attn.qkv.bias", 0, b_full),
+        ("single_blocks.1.linear1.bias", 2 * h, b_v),
+        ("double_blocks.0.txt_attn.qkv.weight", h, up @ down * ALPHA / RANK),
+        ("double_blocks.0.txt_attn.qkv.bias", h, b_k),
+    ]
+    base, after, report = _patched(ctx, "flux", _lora_file(ctx, "flux_bias.safetensors", tensors))
+    assert "not loaded" not in report
+    _check(base, after, _expected(base, parts))
+
+
+def test_bias_keys_on_sd3(ctx: Any) -> None:
+    h, gen = mmdit.TINY_X.hidden_size, torch.Generator().manual_seed(8)
+    b_fc1, b_q = torch.randn(4 * h, generator=gen), torch.randn(h, generator=gen)
+    tensors = {
+        "lora_unet_joint_blocks_1_x_block_mlp_fc1.diff_b": b_fc1,
+        "transformer.transformer_blocks.0.attn2.to_q.diff_b": b_q,
+    }
+    parts = [
+        ("joint_blocks.1.x_block.mlp.fc1.bias", 0, b_fc1),
+        ("joint_blocks.0.x_block.attn2.qkv.bias", 0, b_q),
+    ]
+    base, after, report = _patched(ctx, "sd3", _lora_file(ctx, "sd3_bias.safetensors", tensors))
+    assert "not loaded" not in report
+    _check(base, after, _expected(base, parts))

@@ -266,3 +266,22 @@ def test_fp8_weight_dtype_on_an_sd_unet_is_refused_by_name(env: Any, tmp_path: P
     ctx = node_context(folders=Folders.create(tmp_path), manager=env.models)[0]
     with pytest.raises(ValueError, match="weight_dtype 'fp8_e5m2' is supported for SD3"):
         L.unet_loader("sd1.safetensors", "fp8_e5m2", context=ctx)
+
+
+def test_flux_kontext_image_scale_picks_the_closest_training_size() -> None:
+    flow = builtin("flow")
+    image = torch.rand(1, 50, 100, 3)  # aspect 2.0: 1456x720 (2.02) is closest
+    (out,) = flow.flux_kontext_image_scale(image)
+    assert out.shape == (1, 720, 1456, 3)
+    (square,) = flow.flux_kontext_image_scale(torch.rand(2, 30, 31, 3))
+    assert square.shape == (2, 1024, 1024, 3)
+
+
+def test_flux_kontext_multi_reference_method_is_stored_as_comfyui_does() -> None:
+    flow = builtin("flow")
+    cond = [[torch.zeros(1, 2, 4), {"guidance": 2.0}]]
+    (out,) = flow.flux_kontext_multi_reference_latent_method(cond, "uxo/uno")
+    assert out[0][1] == {"guidance": 2.0, "reference_latents_method": "uxo"}
+    (out,) = flow.flux_kontext_multi_reference_latent_method(cond, "index")
+    assert out[0][1]["reference_latents_method"] == "index"
+    assert "reference_latents_method" not in cond[0][1]

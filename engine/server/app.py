@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from aiohttp import web
@@ -75,11 +75,16 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 
 
 def create_app(
-    runtime: Runtime, config: ServerConfig | None = None, *, store: PromptStore | None = None
+    runtime: Runtime,
+    config: ServerConfig | None = None,
+    *,
+    store: PromptStore | None = None,
+    queue_factory: Callable[[Runtime, PromptStore, ClientHub, ServerConfig], PromptQueue] | None = None,
 ) -> web.Application:
     """The application: its state under typed keys, module-level handlers, one lifecycle context.
     Builds objects only; the worker starts when the app starts. `store`: an already opened store
-    (default: the SQLite file named by the config); the app closes it on shutdown."""
+    (default: the SQLite file named by the config); the app closes it on shutdown. `queue_factory`:
+    another executor for the queue (`--executor ray`: engine.scaleout), default the in-process worker."""
     config = config or ServerConfig()
     runtime.folders.create_directories()
     if store is None:
@@ -97,7 +102,7 @@ def create_app(
     app[CONFIG_KEY] = config
     app[STORE_KEY] = store
     app[HUB_KEY] = hub
-    app[QUEUE_KEY] = PromptQueue(runtime, store, hub, config)
+    app[QUEUE_KEY] = (queue_factory or PromptQueue)(runtime, store, hub, config)
     app[USER_FILES_KEY] = user_files
     routes_frontend.setup(app)
     api_routes = [
@@ -149,11 +154,13 @@ def prepare_access(config: ServerConfig, announce: Any = print) -> None:
         )
 
 
-def serve(runtime: Runtime, config: ServerConfig | None = None, **legacy: Any) -> None:
+def serve(
+    runtime: Runtime, config: ServerConfig | None = None, *, queue_factory: Any = None, **legacy: Any
+) -> None:
     """Run the server until SIGINT/SIGTERM; then stop gracefully (see PromptQueue.stop)."""
     config = config or ServerConfig(**legacy)
     prepare_access(config)
-    app = create_app(runtime, config)
+    app = create_app(runtime, config, queue_factory=queue_factory)
     shown = f"[{config.host}]" if ":" in config.host else config.host
     suffix = f"/?token={config.access_token}" if config.access_token and not config.loopback_only else ""
     print(

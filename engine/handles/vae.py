@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from engine.diffusion import compiling
 from engine.handles.base import ManagedHandle
 from engine.handles.comfy_surface.clip_vae import ComfyVaeMixin
 from engine.memory import oom
@@ -103,7 +104,11 @@ class VAEHandle(ComfyVaeMixin, ManagedHandle):
                 out = self.module.decode(z, tile_size=tile_size, tile_overlap=overlap)
             else:
                 out = oom.vae_with_fallback(
-                    self.module, "decode", z, device=device, on_oom=lambda: self.manager.free_memory(1 << 62)
+                    compiling.vae_for(self, self.module),
+                    "decode",
+                    z,
+                    device=device,
+                    on_oom=lambda: self.manager.free_memory(1 << 62),
                 )
         image = ((out.float() + 1.0) / 2.0).clamp(0.0, 1.0)
         return image.movedim(1, -1).to("cpu").contiguous()

@@ -79,6 +79,9 @@ class MemoryOptions:
     force_fp16: bool = False
     cpu_vae: bool = False
     ram_budget_gb: float | None = None
+    compile: bool = (
+        False  # torch.compile the diffusion networks and VAE decoders (engine.diffusion.compiling)
+    )
 
     def __post_init__(self) -> None:
         if self.force_fp32 and self.force_fp16:

@@ -17,7 +17,7 @@ from engine import errors as E
 from engine import types as T
 from engine.declarations import FileChoices, Input, NodeDefinition
 from engine.errors import ValidationIssue, WorkflowValidationError
-from engine.folders import split_annotated
+from engine.folders import DATA_KINDS, split_annotated
 from engine.graph.workflow import Link, Workflow
 from engine.registry import NodeRegistry
 
@@ -414,11 +414,14 @@ class _Validator:
         return converted
 
     def _annotated_file_listed(self, spec: Input, value: Any) -> bool:
-        """An input-folder file combo also takes ComfyUI's annotated names ("x.png [output]", as its
-        frontend writes them): valid when the bare name is listed in the named folder, so the name
-        never reaches outside it (the node resolves it with Folders.annotated_path)."""
+        """A data-folder file combo (input, output, temp: LoadImage, LoadImageOutput) also takes ComfyUI's
+        annotated names ("x.png [output]", as its frontend writes them): valid when the bare name is
+        listed in the named folder, so the name never reaches outside it (the node resolves it with
+        Folders.annotated_path)."""
         if not (
-            isinstance(spec.choices, FileChoices) and spec.choices.kind == "input" and isinstance(value, str)
+            isinstance(spec.choices, FileChoices)
+            and spec.choices.kind in DATA_KINDS
+            and isinstance(value, str)
         ):
             return False
         bare, kind = split_annotated(value)

@@ -86,3 +86,26 @@ def test_annotated_names_outside_the_named_folder_are_refused(folders, name):
     assert [(i.code, i.node_id, i.input_name) for i in caught.value.issues] == [
         (E.VALUE_NOT_IN_LIST, "1", "image")
     ]
+
+
+@pytest.mark.parametrize("name", ["in_output.png", "in_output.png [output]", "in_temp.png [temp]"])
+def test_load_image_output_accepts_bare_and_annotated_names(folders, name):
+    """LoadImageOutput lists the output folder; ComfyUI's templates save its value annotated
+    ("x.png [output]"), which failed validation before (only input-folder combos took annotations)."""
+    registry = build_runtime(folders, with_models=False).registry
+    prompt = {
+        "1": {"class_type": "LoadImageOutput", "inputs": {"image": name}},
+        "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}},
+    }
+    validated = validate_workflow(parse_api_workflow(prompt), registry)
+    assert validated.nodes["1"].constants["image"] == name
+
+
+def test_load_image_output_refuses_an_annotation_for_a_missing_file(folders):
+    registry = build_runtime(folders, with_models=False).registry
+    prompt = {
+        "1": {"class_type": "LoadImageOutput", "inputs": {"image": "in_input.png [output]"}},
+        "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}},
+    }
+    with pytest.raises(WorkflowValidationError):
+        validate_workflow(parse_api_workflow(prompt), registry)

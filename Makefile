@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
 	$(PY) -m pip install torch==$(TORCH_VERSION)
-	$(PY) -m pip install -e '.[test]'
+	$(PY) -m pip install -e '.[test,ray]'
 	touch $@
 
 install: $(VENV)/.installed

@@ -22,6 +22,7 @@ from engine.graph.loading import load_workflow_file
 from engine.graph.workflow import Link, Workflow
 from engine.reference_schema import load_reference, missing_by_category
 from engine.runtime import Runtime, build_runtime
+from engine.startup import collector_paused, end_of_start_up, import_times_lines, log_import_times
 
 if TYPE_CHECKING:
     import torch
@@ -97,6 +98,11 @@ def add_memory_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentG
         help="Keep at most this many GB of offloaded model weights in RAM; beyond it, least recently "
         "used models are dropped and re-read from their (memory-mapped) file when needed again.",
     )
+    group.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the diffusion models and VAE decoders (slow first run, faster after).",
+    )
     return group
 
 
@@ -120,6 +126,7 @@ def memory_options_from_args(ns: argparse.Namespace) -> MemoryOptions:
         force_fp16=bool(getattr(ns, "force_fp16", False)),
         cpu_vae=bool(getattr(ns, "cpu_vae", False)),
         ram_budget_gb=getattr(ns, "ram_budget", None),
+        compile=bool(getattr(ns, "compile", False)),
     )
 
 
@@ -176,8 +183,26 @@ def _add_serve_options(parser: argparse.ArgumentParser) -> None:
         help="the web UI served at /: ComfyUI's official frontend (default; the comfyui-frontend-package "
         "package), the built-in canvas (web/), or a folder holding index.html (e.g. another frontend version)",
     )
+    parser.add_argument(
+        "--quick-test-for-ci",
+        action="store_true",
+        help="start as usual (loopback, a free port), answer one /object_info, stop; exit 0 if it answered",
+    )
     parser.add_argument("--log-format", choices=("text", "json"), default="text")
     parser.add_argument("--log-level", default="INFO")
+    scale = parser.add_argument_group("scale-out (docs/scale-out.md)")
+    scale.add_argument(
+        "--executor",
+        choices=("embedded", "ray"),
+        default="embedded",
+        help="where prompts run: in this process (default) or on Ray worker actors (pip install diffgraph[ray])",
+    )
+    scale.add_argument(
+        "--ray-address", metavar="ADDR", help="the Ray cluster to join (default: start a local Ray instance)"
+    )
+    scale.add_argument(
+        "--workers", type=int, metavar="N", help="Ray workers (default: one per GPU of the cluster, else 1)"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -236,13 +261,15 @@ def runtime_from_args(args: argparse.Namespace) -> Runtime:
     memory_options = None
     if with_models:
         memory_options = memory_options_from_args(args)
-    return build_runtime(
+    runtime = build_runtime(
         folders,
         load_custom_nodes=not args.disable_custom_nodes,
         memory_options=memory_options,
         with_models=with_models,
         preview_method=getattr(args, "preview_method", "auto"),
     )
+    end_of_start_up(freeze=args.command == "serve")  # main paused the collector: engine/startup.py says why
+    return runtime
 
 
 def parse_override(text: str) -> tuple[str, str, Any]:
@@ -371,6 +398,8 @@ def cmd_nodes(args: argparse.Namespace) -> int:
     # with --json, only JSON).
     with contextlib.redirect_stdout(sys.stderr):
         runtime = runtime_from_args(args)
+    for line in import_times_lines(runtime.plugins):
+        sys.stderr.write(line + "\n")
     if args.json:
         _report_plugin_errors(runtime, sys.stderr)
         print(json.dumps(runtime.registry.object_info(), indent=1, default=str))
@@ -414,6 +443,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     configure_logging(args.log_format, args.log_level)
     runtime = runtime_from_args(args)
     _report_plugin_errors(runtime, sys.stderr)
+    log_import_times(runtime.plugins)
     runtime.folders.create_directories()
     config = ServerConfig(
         host=args.listen,
@@ -427,24 +457,45 @@ def cmd_serve(args: argparse.Namespace) -> int:
         shutdown_grace_s=args.shutdown_grace,
         web_root=web_root,
     )
-    serve(runtime, config)
+    if args.quick_test_for_ci:
+        from engine.server.quick_test import quick_test
+
+        return EXIT_OK if quick_test(runtime, config) else EXIT_FAILED
+    serve(runtime, config, queue_factory=_queue_factory(args, runtime))
     return EXIT_OK
+
+
+def _queue_factory(args: argparse.Namespace, runtime: Runtime) -> Any:
+    """None for the embedded worker; for `--executor ray` the Ray queue (imported only then)."""
+    if args.executor != "ray":
+        return None
+    from engine.scaleout.actor import WorkerSpec
+    from engine.scaleout.queue import ray_queue_factory
+
+    spec = WorkerSpec(
+        runtime.folders,
+        load_custom_nodes=not args.disable_custom_nodes,
+        memory_options=memory_options_from_args(args),
+        preview_method=args.preview_method,
+    )
+    return ray_queue_factory(spec, workers=args.workers, address=args.ray_address)
 
 
 COMMANDS = {"run": cmd_run, "validate": cmd_validate, "nodes": cmd_nodes, "serve": cmd_serve}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return COMMANDS[args.command](args)
-    except WorkflowValidationError as exc:
-        sys.stderr.write(f"{exc}\n")
-        return EXIT_INVALID
-    except (WorkflowFormatError, ValueError, KeyError, DiffgraphError) as exc:
-        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        sys.stderr.write(f"error: {message}\n")
-        return EXIT_FAILED
+    with collector_paused():  # until the runtime is built (runtime_from_args): engine/startup.py says why
+        args = build_parser().parse_args(argv)
+        try:
+            return COMMANDS[args.command](args)
+        except WorkflowValidationError as exc:
+            sys.stderr.write(f"{exc}\n")
+            return EXIT_INVALID
+        except (WorkflowFormatError, ValueError, KeyError, DiffgraphError) as exc:
+            message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+            sys.stderr.write(f"error: {message}\n")
+            return EXIT_FAILED
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from engine.execution.executor import Executor
 from engine.folders import Folders
 from engine.plugins.loader import PluginReport, load_all_packs
 from engine.registry import NodeRegistry
+from engine.training.choices import training_choice_sources
 
 
 @dataclass
@@ -79,7 +80,11 @@ def build_runtime(
     samplers = sampling_library()
     registry = NodeRegistry(
         resolve_files=folders.resolve_choices,
-        choice_sources={"samplers": samplers.sampler_names, "schedulers": samplers.scheduler_names},
+        choice_sources={
+            "samplers": samplers.sampler_names,
+            "schedulers": samplers.scheduler_names,
+            **training_choice_sources(folders),
+        },
     )
     # The services exist before any pack imports: ComfyUI packs query devices and folders at import time.
     all_services: dict[str, Any] = {FOLDERS: folders, SAMPLERS: samplers}

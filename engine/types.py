@@ -43,8 +43,14 @@ GUIDER = "GUIDER"
 LATENT_OPERATION = "LATENT_OPERATION"
 # A (start_percent, end_percent) pair (ConditioningTimestepsRange; the hooks conditioning nodes take it).
 TIMESTEPS_RANGE = "TIMESTEPS_RANGE"
-# ComfyUI's hook groups (scheduled LoRA / model patches per conditioning); no built-in node makes one yet.
+# ComfyUI's hook groups (scheduled LoRA / model patches per conditioning, engine.handles.hooks), their
+# keyframe schedules, and a list of floats (CreateHookKeyframesFromFloats takes one).
 HOOKS = "HOOKS"
+HOOK_KEYFRAMES = "HOOK_KEYFRAMES"
+FLOATS = "FLOATS"
+# TrainLoraNode's outputs: the trained LoRA weights (kohya keys -> tensors) and {"loss": [per step]}.
+LORA_MODEL = "LORA_MODEL"
+LOSS_MAP = "LOSS_MAP"
 
 # Matches any socket type (ComfyUI's "*").
 ANY = "*"
@@ -77,6 +83,10 @@ BUILTIN_SOCKET_TYPES = frozenset(
         LATENT_OPERATION,
         TIMESTEPS_RANGE,
         HOOKS,
+        HOOK_KEYFRAMES,
+        FLOATS,
+        LORA_MODEL,
+        LOSS_MAP,
         ANY,
     }
     | WIDGET_TYPES

@@ -1,10 +1,10 @@
 """ComfyUI's other loader nodes, with its schemas: CheckpointLoader (with config), DiffusersLoader,
-ImageOnlyCheckpointLoader, unCLIPCheckpointLoader, CLIPVisionLoader, StyleModelLoader, GLIGENLoader,
-HypernetworkLoader and PhotoMakerLoader.
+ImageOnlyCheckpointLoader and HypernetworkLoader (the CLIP vision, style model, unCLIP and PhotoMaker loaders
+are in vision_conditioning.py, GLIGEN's in gligen.py).
 
 The official frontend builds its model-folder-to-node mapping from these node types, so they must exist
-even where diffgraph cannot run the model yet. The ones it cannot run (no CLIP vision encoder, style
-model, GLIGEN, PhotoMaker or SVD support in the engine yet) fail when executed with an error that names
+even where diffgraph cannot run the model yet. The ones it cannot run (no SVD support in the engine
+yet) fail when executed with an error that names
 the node and what is missing; docs/nodes.md lists them. HypernetworkLoader runs (engine.handles.hypernetwork).
 """
 
@@ -118,42 +118,6 @@ image_only_checkpoint_loader = _file_loader_node(
     outputs=[api.MODEL, api.CLIP_VISION, api.VAE],
     what="image-to-video (Stable Video Diffusion) checkpoints",
 )
-unclip_checkpoint_loader = _file_loader_node(
-    "unCLIPCheckpointLoader",
-    category="loaders",
-    display_name=None,
-    file_input="ckpt_name",
-    kind="checkpoints",
-    outputs=[api.MODEL, api.CLIP, api.VAE, api.CLIP_VISION],
-    what="unCLIP checkpoints and their CLIP vision encoders",
-)
-clip_vision_loader = _file_loader_node(
-    "CLIPVisionLoader",
-    category="loaders",
-    display_name="Load CLIP Vision",
-    file_input="clip_name",
-    kind="clip_vision",
-    outputs=[api.CLIP_VISION],
-    what="CLIP vision encoders",
-)
-style_model_loader = _file_loader_node(
-    "StyleModelLoader",
-    category="loaders",
-    display_name="Load Style Model",
-    file_input="style_model_name",
-    kind="style_models",
-    outputs=[api.STYLE_MODEL],
-    what="style models (T2I-Adapter style, FLUX Redux)",
-)
-gligen_loader = _file_loader_node(
-    "GLIGENLoader",
-    category="loaders",
-    display_name=None,
-    file_input="gligen_name",
-    kind="gligen",
-    outputs=[api.GLIGEN],
-    what="GLIGEN models",
-)
 
 
 @api.node(
@@ -173,25 +137,9 @@ def hypernetwork_loader(model: Any, hypernetwork_name: str, strength: float, con
     return (models.apply_hypernetwork(model, path, strength),)
 
 
-photomaker_loader = _file_loader_node(
-    "PhotoMakerLoader",
-    category="_for_testing/photomaker",
-    display_name=None,
-    file_input="photomaker_model_name",
-    kind="photomaker",
-    outputs=[api.PHOTOMAKER],
-    what="PhotoMaker ID encoders",
-    experimental=True,
-)
-
 NODES = [
     checkpoint_loader,
     diffusers_loader,
     image_only_checkpoint_loader,
-    unclip_checkpoint_loader,
-    clip_vision_loader,
-    style_model_loader,
-    gligen_loader,
     hypernetwork_loader,
-    photomaker_loader,
 ]

@@ -1,7 +1,7 @@
 """ComfyUI's further conditioning nodes, with its schemas: CLIPTextEncodeControlnet, SetUnionControlNetType,
 ControlNetInpaintingAliMamaApply, InstructPixToPixConditioning, SD_4XUpscale_Conditioning,
-unCLIPConditioning, ReferenceLatent, and CLIPVisionEncode / StyleModelApply / GLIGENTextBoxApply /
-PhotoMakerEncode, which cannot run yet.
+and ReferenceLatent (unCLIPConditioning, CLIPVisionEncode, StyleModelApply and PhotoMakerEncode are in
+vision_conditioning.py, GLIGENTextBoxApply in gligen.py).
 
 The conditioning keys written here are ComfyUI's ("cross_attn_controlnet", "concat_latent_image",
 "concat_image", "unclip_conditioning", "reference_latents"); docs/nodes.md says which of them diffgraph's samplers use.
@@ -189,41 +189,14 @@ def sd_4x_upscale_conditioning(
 ):
     """For the SD x4 upscaler: the images in -1..1, resized (bilinear, centre crop) to a quarter of the
     target size, as "concat_image" with "noise_augmentation" on both conditionings, and an empty
-    4-channel latent of that quarter size. The x4 upscaler model itself does not load in diffgraph yet,
-    so the other models ignore these keys (as ComfyUI's do)."""
+    4-channel latent of that quarter size, which the x4 upscaler's VAE decodes at the target size
+    (docs/unet_variants.md). Other models ignore these keys, as ComfyUI's do."""
     width = max(1, round(images.shape[2] * scale_ratio))
     height = max(1, round(images.shape[1] * scale_ratio))
     pixels = common_upscale(images.movedim(-1, 1) * 2.0 - 1.0, width // 4, height // 4, "bilinear", "center")
     values = {"concat_image": pixels, "noise_augmentation": noise_augmentation}
     latent = torch.zeros((images.shape[0], 4, height // 4, width // 4))
     return (_set_values(positive, values), _set_values(negative, values), {"samples": latent})
-
-
-@api.node(
-    "unCLIPConditioning",
-    category="conditioning",
-    inputs=[
-        api.Input("conditioning", api.CONDITIONING),
-        api.Input("clip_vision_output", api.CLIP_VISION_OUTPUT),
-        api.Float("strength", 1.0, min=-10.0, max=10.0, step=0.01),
-        api.Float("noise_augmentation", 0.0, min=0.0, max=1.0, step=0.01),
-    ],
-    outputs=[api.CONDITIONING],
-)
-def unclip_conditioning(
-    conditioning: Any, clip_vision_output: Any, strength: float, noise_augmentation: float
-):
-    """Appends {clip_vision_output, strength, noise_augmentation} to the entries' "unclip_conditioning"
-    list (strength 0: unchanged). Only unCLIP models read it; diffgraph loads none yet (its CLIP vision
-    loaders cannot run), and the models it runs ignore it, as ComfyUI's non-unCLIP models do."""
-    if strength == 0:
-        return (conditioning,)
-    item = {
-        "clip_vision_output": clip_vision_output,
-        "strength": strength,
-        "noise_augmentation": noise_augmentation,
-    }
-    return (_set_values(conditioning, {"unclip_conditioning": [item]}, append=True),)
 
 
 @api.node(
@@ -234,92 +207,10 @@ def unclip_conditioning(
 )
 def reference_latent(conditioning: Any, latent: Any = None):
     """Appends the latent's samples to the entries' "reference_latents" list (the guiding images of edit
-    models such as FLUX Kontext; diffgraph's models do not read it yet). No latent: unchanged."""
+    models such as FLUX Kontext, whose model reads them). No latent: unchanged."""
     if latent is None:
         return (conditioning,)
     return (_set_values(conditioning, {"reference_latents": [latent["samples"]]}, append=True),)
-
-
-@api.node(
-    "CLIPVisionEncode",
-    category="conditioning",
-    display_name="CLIP Vision Encode",
-    inputs=[
-        api.Input("clip_vision", api.CLIP_VISION),
-        api.Input("image", api.IMAGE),
-        api.Combo("crop", ["center", "none"]),
-    ],
-    outputs=[api.CLIP_VISION_OUTPUT],
-)
-def clip_vision_encode(clip_vision: Any, image: Any, crop: str):
-    """Encode an image with a CLIP vision model (cannot run in diffgraph yet)."""
-    raise _unsupported("CLIPVisionEncode", "CLIP vision encoders")
-
-
-@api.node(
-    "StyleModelApply",
-    category="conditioning/style_model",
-    display_name="Apply Style Model",
-    inputs=[
-        api.Input("conditioning", api.CONDITIONING),
-        api.Input("style_model", api.STYLE_MODEL),
-        api.Input("clip_vision_output", api.CLIP_VISION_OUTPUT),
-        api.Float("strength", 1.0, min=0.0, max=10.0, step=0.001),
-        api.Combo("strength_type", ["multiply", "attn_bias"]),
-    ],
-    outputs=[api.CONDITIONING],
-)
-def style_model_apply(
-    conditioning: Any, style_model: Any, clip_vision_output: Any, strength: float, strength_type: str
-):
-    """Append a style model's image tokens to the prompt (cannot run in diffgraph yet)."""
-    raise _unsupported("StyleModelApply", "style models (T2I-Adapter style, FLUX Redux)")
-
-
-@api.node(
-    "GLIGENTextBoxApply",
-    category="conditioning/gligen",
-    inputs=[
-        api.Input("conditioning_to", api.CONDITIONING),
-        api.Input("clip", api.CLIP),
-        api.Input("gligen_textbox_model", api.GLIGEN),
-        api.String("text", None, multiline=True, extra={"dynamicPrompts": True}),
-        api.Int("width", 64, min=8, max=api.MAX_RESOLUTION, step=8),
-        api.Int("height", 64, min=8, max=api.MAX_RESOLUTION, step=8),
-        api.Int("x", 0, min=0, max=api.MAX_RESOLUTION, step=8),
-        api.Int("y", 0, min=0, max=api.MAX_RESOLUTION, step=8),
-    ],
-    outputs=[api.CONDITIONING],
-)
-def gligen_textbox_apply(
-    conditioning_to: Any,
-    clip: Any,
-    gligen_textbox_model: Any,
-    text: str,
-    width: int,
-    height: int,
-    x: int,
-    y: int,
-):
-    """Place a phrase in a box with a GLIGEN model (cannot run in diffgraph yet)."""
-    raise _unsupported("GLIGENTextBoxApply", "GLIGEN models")
-
-
-@api.node(
-    "PhotoMakerEncode",
-    category="_for_testing/photomaker",
-    inputs=[
-        api.Input("photomaker", api.PHOTOMAKER),
-        api.Input("image", api.IMAGE),
-        api.Input("clip", api.CLIP),
-        api.String("text", "photograph of photomaker", multiline=True, extra={"dynamicPrompts": True}),
-    ],
-    outputs=[api.CONDITIONING],
-    experimental=True,
-)
-def photomaker_encode(photomaker: Any, image: Any, clip: Any, text: str):
-    """A prompt with a person's identity from PhotoMaker (cannot run in diffgraph yet)."""
-    raise _unsupported("PhotoMakerEncode", "PhotoMaker ID encoders")
 
 
 __all__ = ["UNION_CONTROLNET_TYPES", "UnsupportedModelError"]
@@ -330,10 +221,5 @@ NODES = [
     controlnet_inpainting_alimama_apply,
     instruct_pix_to_pix_conditioning,
     sd_4x_upscale_conditioning,
-    unclip_conditioning,
     reference_latent,
-    clip_vision_encode,
-    style_model_apply,
-    gligen_textbox_apply,
-    photomaker_encode,
 ]

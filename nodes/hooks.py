@@ -1,12 +1,12 @@
-"""ComfyUI's hook-conditioning nodes that work without hooks: ConditioningTimestepsRange and the
-Cond (Pair) Set Props / Set Props Combine / Pair Combine nodes (mask, strength and step range on
-conditionings, optionally combined with others).
+"""ComfyUI's hook-conditioning nodes: ConditioningTimestepsRange, the Cond (Pair) Set Props / Set Props
+Combine / Pair Combine / Set Default Combine nodes and SetClipHooks.
 
-Their optional `hooks` input takes ComfyUI's HOOKS (scheduled LoRA / model patches per conditioning):
-diffgraph has no node that makes one yet (CreateHookLora & co. are missing), so a HOOKS value given to
-them is refused, naming what is missing. The option keys are those of ConditioningSetMask and
-ConditioningSetTimestepRange ("mask", "set_area_to_bounds", "mask_strength", "start_percent",
-"end_percent"), which the guided denoiser reads.
+The option keys are those of ConditioningSetMask and ConditioningSetTimestepRange ("mask",
+"set_area_to_bounds", "mask_strength", "start_percent", "end_percent"), plus "hooks" (a HOOKS group:
+the entry is sampled with the group's weight patches, see engine.handles.hooks; a group already on an
+entry is combined with the new one, as ComfyUI appends) and "default" (ConditioningSetDefaultCombine:
+the entry covers what the other entries of its side leave uncovered). The nodes that make HOOKS are in
+nodes/hooks_create.py.
 """
 
 from __future__ import annotations
@@ -14,13 +14,10 @@ from __future__ import annotations
 from typing import Any
 
 from engine import api
+from engine.api import hooks as H
 
 from ._image_ops import checked_mask
 from .conditioning import _entries
-
-
-class UnsupportedHooksError(NotImplementedError):
-    """A HOOKS value reached a node: diffgraph cannot apply hooks yet."""
 
 
 def _props_inputs(*conditionings: str) -> list[api.Input]:
@@ -37,12 +34,12 @@ def _props_inputs(*conditionings: str) -> list[api.Input]:
 _PAIR_OUTPUTS = [api.Output(api.CONDITIONING, "positive"), api.Output(api.CONDITIONING, "negative")]
 
 
-def _no_hooks(node_type: str, hooks: Any) -> None:
-    if hooks is not None:
-        raise UnsupportedHooksError(
-            f"{node_type}: hooks (scheduled LoRA / model patches per conditioning) are not supported by "
-            "diffgraph yet; disconnect the hooks input"
+def _hooks(value: Any) -> Any:
+    if value is not None and not isinstance(value, H.HookGroup):
+        raise TypeError(
+            f"hooks must be a HOOKS value (from CreateHookLora & co.), got {type(value).__name__}"
         )
+    return value
 
 
 def _timesteps(value: Any) -> tuple[float, float]:
@@ -52,11 +49,11 @@ def _timesteps(value: Any) -> tuple[float, float]:
 
 
 def _set_props(
-    conditioning: Any, strength: float, set_cond_area: str, mask: Any, timesteps: Any
+    conditioning: Any, strength: float, set_cond_area: str, mask: Any, timesteps: Any, hooks: Any = None
 ) -> list[list[Any]]:
-    """ComfyUI's set_conds_props for one conditioning: the mask options only when a mask is given (then
-    with its strength), the step range only when one is given."""
-    out = _entries(conditioning)
+    """ComfyUI's set_conds_props for one conditioning: the hooks (combined with the entry's own), the
+    mask options only when a mask is given (then with its strength), the step range only when one is."""
+    out = H.with_hooks(_entries(conditioning), _hooks(hooks))
     values: dict[str, Any] = {}
     if mask is not None:
         values.update(
@@ -106,8 +103,7 @@ def conditioning_set_properties(
     timesteps: Any = None,
 ):
     """Mask (with strength and area mode) and step range on a conditioning."""
-    _no_hooks("ConditioningSetProperties", hooks)
-    return (_set_props(cond_NEW, strength, set_cond_area, mask, timesteps),)
+    return (_set_props(cond_NEW, strength, set_cond_area, mask, timesteps, hooks),)
 
 
 @api.node(
@@ -128,8 +124,7 @@ def conditioning_set_properties_and_combine(
     timesteps: Any = None,
 ):
     """`cond` followed by `cond_NEW` with the mask and step range set (as ConditioningCombine)."""
-    _no_hooks("ConditioningSetPropertiesAndCombine", hooks)
-    return (_entries(cond) + _set_props(cond_NEW, strength, set_cond_area, mask, timesteps),)
+    return (_entries(cond) + _set_props(cond_NEW, strength, set_cond_area, mask, timesteps, hooks),)
 
 
 @api.node(
@@ -150,9 +145,8 @@ def pair_conditioning_set_properties(
     timesteps: Any = None,
 ):
     """ConditioningSetProperties on a positive / negative pair."""
-    _no_hooks("PairConditioningSetProperties", hooks)
     return tuple(
-        _set_props(c, strength, set_cond_area, mask, timesteps) for c in (positive_NEW, negative_NEW)
+        _set_props(c, strength, set_cond_area, mask, timesteps, hooks) for c in (positive_NEW, negative_NEW)
     )
 
 
@@ -176,9 +170,8 @@ def pair_conditioning_set_properties_and_combine(
     timesteps: Any = None,
 ):
     """ConditioningSetPropertiesAndCombine on a positive / negative pair."""
-    _no_hooks("PairConditioningSetPropertiesAndCombine", hooks)
     return tuple(
-        _entries(old) + _set_props(new, strength, set_cond_area, mask, timesteps)
+        _entries(old) + _set_props(new, strength, set_cond_area, mask, timesteps, hooks)
         for old, new in ((positive, positive_NEW), (negative, negative_NEW))
     )
 
@@ -201,6 +194,84 @@ def pair_conditioning_combine(positive_A: Any, negative_A: Any, positive_B: Any,
     return (_entries(positive_A) + _entries(positive_B), _entries(negative_A) + _entries(negative_B))
 
 
+def _set_default(conditioning: Any, hooks: Any) -> list[list[Any]]:
+    out = H.with_hooks(_entries(conditioning), _hooks(hooks))
+    for _, opts in out:
+        opts["default"] = True
+    return out
+
+
+@api.node(
+    "ConditioningSetDefaultCombine",
+    category="advanced/hooks/cond single",
+    display_name="Cond Set Default Combine",
+    inputs=[
+        api.Input("cond", api.CONDITIONING),
+        api.Input("cond_DEFAULT", api.CONDITIONING),
+        api.Input("hooks", api.HOOKS, optional=True),
+    ],
+    outputs=[api.CONDITIONING],
+    experimental=True,
+)
+def conditioning_set_default_combine(cond: Any, cond_DEFAULT: Any, hooks: Any = None):  # noqa: N803
+    """`cond` followed by `cond_DEFAULT` marked as default: while sampling it weighs 1 minus the weights of
+    the side's other active entries (floored at 0), so it fills what they leave uncovered."""
+    return (_entries(cond) + _set_default(cond_DEFAULT, hooks),)
+
+
+@api.node(
+    "PairConditioningSetDefaultCombine",
+    category="advanced/hooks/cond pair",
+    display_name="Cond Pair Set Default Combine",
+    inputs=[
+        api.Input("positive", api.CONDITIONING),
+        api.Input("negative", api.CONDITIONING),
+        api.Input("positive_DEFAULT", api.CONDITIONING),
+        api.Input("negative_DEFAULT", api.CONDITIONING),
+        api.Input("hooks", api.HOOKS, optional=True),
+    ],
+    outputs=_PAIR_OUTPUTS,
+    experimental=True,
+)
+def pair_conditioning_set_default_combine(
+    positive: Any,
+    negative: Any,
+    positive_DEFAULT: Any,  # noqa: N803 - ComfyUI's input name
+    negative_DEFAULT: Any,  # noqa: N803
+    hooks: Any = None,
+):
+    """ConditioningSetDefaultCombine on a positive / negative pair."""
+    return (
+        _entries(positive) + _set_default(positive_DEFAULT, hooks),
+        _entries(negative) + _set_default(negative_DEFAULT, hooks),
+    )
+
+
+@api.node(
+    "SetClipHooks",
+    category="advanced/hooks/clip",
+    display_name="Set CLIP Hooks",
+    inputs=[
+        api.Input("clip", api.CLIP),
+        api.Boolean("apply_to_conds", True),
+        api.Boolean("schedule_clip", False),
+        api.Input("hooks", api.HOOKS, optional=True),
+    ],
+    outputs=[api.CLIP],
+    experimental=True,
+)
+def set_clip_hooks(clip: Any, apply_to_conds: bool, schedule_clip: bool, hooks: Any = None):
+    """A CLIP clone whose text encodings use the hooks' text-encoder patches (strength_clip; with
+    schedule_clip one encoding per keyframe range, limited to that range of the steps, else the
+    keyframes are ignored) and, with apply_to_conds, carry the hooks for sampling."""
+    if _hooks(hooks) is None:
+        return (clip,)
+    c = clip.clone()
+    group = hooks if schedule_clip else hooks.with_keyframes(None)
+    c.clip_hooks = H.ClipHooks(group, hooks if apply_to_conds else None, schedule=schedule_clip)
+    return (c,)
+
+
 NODES = [
     conditioning_timesteps_range,
     conditioning_set_properties,
@@ -208,4 +279,7 @@ NODES = [
     pair_conditioning_set_properties,
     pair_conditioning_set_properties_and_combine,
     pair_conditioning_combine,
+    conditioning_set_default_combine,
+    pair_conditioning_set_default_combine,
+    set_clip_hooks,
 ]

@@ -357,11 +357,12 @@ def hypertile(model: Any, tile_size: int, swap_size: int, max_depth: int, scale_
     outputs=[api.MODEL],
 )
 def torch_compile_model(model: Any, backend: str):
-    """A clone of the model, which diffgraph runs uncompiled: a documented no-op, so workflows using it
-    run (compilation changes speed, not the result). ComfyUI compiles the UNet with torch.compile; here
-    the model manager's patching and offloading act on the eager module, which compiling would bypass."""
-    log.info("TorchCompileModel: diffgraph runs the model uncompiled (backend %r ignored)", backend)
-    return (model.clone(),)
+    """A clone of the model whose diffusion network runs through torch.compile (engine.diffusion.compiling:
+    compiled once per network and backend, reused across seeds and prompts, weight patches still applied;
+    "cudagraphs" off CUDA compiles with inductor)."""
+    from engine.api.model_speed import with_compile
+
+    return (with_compile(model, backend),)
 
 
 NODES = [

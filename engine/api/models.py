@@ -30,28 +30,48 @@ from engine.handles.adapters import (
     preprocess,
     upscale_image,
 )
+from engine.handles.clip_vision import (
+    ClipVisionHandle,
+    ClipVisionOutput,
+    StyleModelHandle,
+    apply_style_model,
+    load_clip_vision_handle,
+    load_style_model,
+    load_unclip_checkpoint_handles,
+)
 from engine.handles.flow_loading import load_text_encoders_handle
 from engine.handles.hypernetwork import apply_hypernetwork
+from engine.handles.photomaker import PhotoMakerHandle, load_photomaker, photomaker_encode
 
 __all__ = [
     "AdapterFileError",
     "ClipHandle",
+    "ClipVisionHandle",
+    "ClipVisionOutput",
     "ControlNetHandle",
     "ModelFileError",
     "ModelHandle",
+    "PhotoMakerHandle",
+    "StyleModelHandle",
     "UpscaleModelHandle",
     "VAEHandle",
     "VAEMissingError",
     "apply_controlnet",
     "apply_hypernetwork",
     "apply_lora",
+    "apply_style_model",
     "load_checkpoint_handles",
     "load_clip_handle",
+    "load_clip_vision_handle",
     "load_controlnet",
     "load_unet_handle",
+    "load_photomaker",
+    "load_style_model",
     "load_text_encoders_handle",
+    "load_unclip_checkpoint_handles",
     "load_upscale_model",
     "load_vae_handle",
+    "photomaker_encode",
     "preprocess",
     "require_vae",
     "upscale_image",

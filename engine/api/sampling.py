@@ -7,7 +7,7 @@ add entries with `api.register_sampler` / `api.register_scheduler`.
 
 from __future__ import annotations
 
-from engine.handles.flow_guidance import skip_layer_guidance
+from engine.handles.flow_guidance import skip_layer_guidance, skip_layer_guidance_simple
 from engine.handles.flow_loading import auraflow_sampling, flux_sampling, sd3_sampling
 from engine.handles.sampling import (
     DisabledNoise,
@@ -35,6 +35,7 @@ __all__ = [
     "flux_sampling",
     "sd3_sampling",
     "skip_layer_guidance",
+    "skip_layer_guidance_simple",
     "DisabledNoise",
     "Guider",
     "RandomNoise",

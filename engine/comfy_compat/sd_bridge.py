@@ -143,36 +143,6 @@ def broadcast_image_to(tensor: torch.Tensor, target_batch_size: int, batched_num
     return torch.cat([tensor] * batched_number, dim=0)
 
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-
-
-def clip_preprocess(
-    image: torch.Tensor,
-    size: int = 224,
-    mean: Sequence[float] = CLIP_MEAN,
-    std: Sequence[float] = CLIP_STD,
-    crop: bool = True,
-) -> torch.Tensor:
-    """CLIP vision's input: IMAGE (B, H, W, C) -> (B, 3, size, size), resized so the short side is `size`
-    (bicubic, antialiased), centre-cropped (or squashed when `crop` is False), normalised by CLIP's mean/std."""
-    pixels = image[..., :3].movedim(-1, 1).float()
-    height, width = pixels.shape[2], pixels.shape[3]
-    if (height, width) != (size, size):
-        if crop:
-            scale = size / min(height, width)
-            new_h, new_w = round(height * scale), round(width * scale)
-        else:
-            new_h, new_w = size, size
-        pixels = torch.nn.functional.interpolate(pixels, size=(new_h, new_w), mode="bicubic", antialias=True)
-        top, left = (new_h - size) // 2, (new_w - size) // 2
-        pixels = pixels[:, :, top : top + size, left : left + size]
-    pixels = torch.clip(255.0 * pixels, 0, 255).round() / 255.0
-    m = torch.tensor(mean, dtype=pixels.dtype).view(1, 3, 1, 1)
-    s = torch.tensor(std, dtype=pixels.dtype).view(1, 3, 1, 1)
-    return (pixels - m) / s
-
-
 class HandleAlias(type):
     """The metaclass of ComfyUI names for diffgraph's handle types (comfy.sd.VAE, comfy.sd.CLIP,
     comfy.model_patcher.ModelPatcher...): `isinstance(x, VAE)` is true for diffgraph's VAE handles, and
@@ -282,4 +252,5 @@ def diffusion_model_from_state_dict(
         prediction_type=spec.prediction_type,
         inpaint=spec.is_inpaint,
         name="diffusion model",
+        variant=spec.variant,
     )

@@ -29,6 +29,9 @@ class ClipHandle(ComfyClipMixin, ManagedHandle):
 
     ComfyUI's CLIP methods (tokenize, encode_from_tokens, cond_stage_model...) come from ComfyClipMixin."""
 
+    # SetClipHooks' hooks (engine.handles.hooks.ClipHooks) on this clone; encode_conditioning defers to it.
+    clip_hooks: Any = None
+
     def __init__(
         self,
         patcher: ModelPatcher,
@@ -87,6 +90,8 @@ class ClipHandle(ComfyClipMixin, ManagedHandle):
         self, text: str, *, warnings: list[str] | None = None, **extra: Any
     ) -> Conditioning:
         """ComfyUI's CONDITIONING for one prompt: [[cond, {"pooled_output": pooled, **extra}]]."""
+        if self.clip_hooks is not None:
+            return self.clip_hooks.encode_conditioning(self, text, warnings=warnings, **extra)
         cond, pooled = self.encode(text, warnings=warnings)
         options: dict[str, Any] = {"pooled_output": pooled} if pooled is not None else {}
         options.update(extra)

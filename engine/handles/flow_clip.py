@@ -9,7 +9,9 @@ of `CLIPTextEncodeSD3` / `CLIPTextEncodeFlux`. CONDITIONING entries carry the st
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
@@ -21,8 +23,29 @@ from engine.handles.clip import ClipHandle, Conditioning
 log = logging.getLogger(__name__)
 
 
+@contextlib.contextmanager
+def _t5_options(stack: Any, options: Mapping[str, int]) -> Iterator[None]:
+    """T5TokenizerOptions of one clone ("t5xxl_min_length", "t5xxl_min_padding") on the shared T5 encoder
+    for one encoding, restored afterwards (the encoder module is shared by every clone)."""
+    t5 = getattr(stack, "t5xxl", None)
+    if t5 is None or not options:
+        yield
+        return
+    saved = t5.min_length, t5.min_padding
+    t5.min_length = options.get("t5xxl_min_length", t5.min_length)
+    t5.min_padding = options.get("t5xxl_min_padding", t5.min_padding)
+    try:
+        yield
+    finally:
+        t5.min_length, t5.min_padding = saved
+
+
 class FlowClipHandle(ClipHandle):
-    """Text encoders of SD3 ("sd3") or FLUX.1 ("flux") on a CLIP socket (see the module docstring)."""
+    """Text encoders of SD3 ("sd3") or FLUX.1 ("flux") on a CLIP socket (see the module docstring).
+
+    `tokenizer_options` (T5TokenizerOptions, a new dict per clone): ComfyUI's per-tokenizer options."""
+
+    tokenizer_options: Mapping[str, int] = {}
 
     @property
     def encoder(self) -> Any:  # the stack, not an SDTextEncoder
@@ -41,7 +64,7 @@ class FlowClipHandle(ClipHandle):
     def _run(self, method: str, *texts: str | None, warnings: list[str] | None) -> tuple[Any, ...]:
         """(cond, pooled, extra) of the stack's `method`, float32 on the CPU."""
         found: list[str] = []
-        with self.use():
+        with self.use(), _t5_options(self.encoder, self.tokenizer_options):
             out = getattr(self.encoder, method)(
                 *texts, clip_skip=self._clip_skip_arg(), embeddings=self.embeddings, warnings=found
             )
@@ -67,6 +90,8 @@ class FlowClipHandle(ClipHandle):
     def encode_conditioning(
         self, text: str, *, warnings: list[str] | None = None, **extra: Any
     ) -> Conditioning:
+        if self.clip_hooks is not None:
+            return self.clip_hooks.encode_conditioning(self, text, warnings=warnings, **extra)
         return self._conditioning(self._run("encode", text, warnings=warnings), extra)
 
     def encode_sd3(

@@ -84,3 +84,37 @@ def skip_layer_guidance(
 
     m.set_model_sampler_post_cfg_function(post_cfg)
     return m
+
+
+def skip_layer_guidance_simple(
+    model: ModelHandle, *, double_layers: str, single_layers: str, start_percent: float, end_percent: float
+) -> ModelHandle:
+    """SkipLayerGuidanceDiTSimple: while sigma is in [sigma(end_percent), sigma(start_percent)] the
+    negative side is evaluated with the listed blocks skipped (the positive side as usual). ComfyUI swaps
+    the model call itself (a calc_cond_batch function); here a pre-CFG function, first in the list,
+    replaces the negative prediction with the skipped one before any other guidance sees it (the same
+    result, plus the regular negative evaluation)."""
+    double, single = parse_layers(double_layers), parse_layers(single_layers)
+    if not double and not single:
+        return model
+    sampling = model.model_sampling
+    sigma_start = float(sampling.percent_to_sigma(start_percent))
+    sigma_end = float(sampling.percent_to_sigma(end_percent))
+    m = model.clone()
+
+    def pre_cfg(args: dict[str, Any]) -> list[torch.Tensor]:
+        out, conds, sigma, x = list(args["conds_out"]), args["conds"], args["sigma"], args["input"]
+        s = float(sigma.reshape(-1)[0])
+        if conds[1] is None or not sigma_end <= s <= sigma_start:
+            return out
+        options = _skipping_options(dict(args["model_options"]), double, single)
+        out[1] = CFGDenoiser(m.diffusion_model(), conds[1], None, 1.0, like=x, model_options=options)(
+            x, sigma
+        )
+        return out
+
+    m.model_options["sampler_pre_cfg_function"] = [
+        pre_cfg,
+        *m.model_options.get("sampler_pre_cfg_function", ()),
+    ]
+    return m

@@ -23,7 +23,9 @@ from engine.diffusion.checkpoints.detect import (
 from engine.diffusion.checkpoints.io import CheckpointError, read_state_dict
 from engine.diffusion.checkpoints.loader import build_unet, load_checkpoint, load_vae
 from engine.diffusion.sampling.model_sampling import model_sampling_for
+from engine.diffusion.sampling.unet_variants import variant_model_sampling
 from engine.diffusion.text.embeddings import EmbeddingLibrary
+from engine.diffusion.vision.unclip import UnclipAdmBuilder
 from engine.handles import flow_loading as flow
 from engine.handles.clip import ClipHandle
 from engine.handles.model import ModelHandle
@@ -73,18 +75,26 @@ def make_model_handle(
     inpaint: bool,
     name: str,
     loader: Callable[[], Mapping[str, torch.Tensor]] | None = None,
+    variant: str = "",
 ) -> ModelHandle:
     managed = manager.register(unet, name=f"{name} (UNet)", loader=loader)
     channels = int(getattr(getattr(unet, "config", None), "out_channels", 4) or 4)
-    return ModelHandle(
+    sampling = variant_model_sampling(variant, prediction_type) or model_sampling_for(prediction_type)
+    handle = ModelHandle(
         manager.patcher(managed),
         manager=manager,
-        model_sampling=model_sampling_for(prediction_type),
+        model_sampling=sampling,
         family=family,
         inpaint_concat=inpaint,
         latent_channels=channels,
         name=name,
+        variant=variant,
     )
+    adm = getattr(getattr(unet, "config", None), "adm_in_channels", None)
+    if handle.adm_builder is None and adm and not variant:
+        # An ADM input outside SDXL: SD2.1 unCLIP, whose y comes from "unclip_conditioning".
+        handle.adm_builder = UnclipAdmBuilder(int(adm))
+    return handle
 
 
 def _in_dtype(module: nn.Module, dtype: torch.dtype) -> nn.Module:
@@ -161,6 +171,7 @@ def load_checkpoint_handles(
         inpaint=spec.is_inpaint,
         name=name,
         loader=_file_loader(p, UNET_PREFIX, ck.unet),
+        variant=spec.variant,
     )
     clip = vae = None
     if ck.text_encoder is not None:
@@ -275,6 +286,7 @@ def load_unet_handle(
         inpaint=spec.is_inpaint,
         name=p.name,
         loader=None,
+        variant=spec.variant,
     )
 
 

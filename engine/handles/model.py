@@ -7,12 +7,15 @@ from typing import Any
 
 import torch
 
+from engine.diffusion import compiling
 from engine.diffusion.models import latent_formats
 from engine.diffusion.models import sdxl_conditioning as sdxl
 from engine.diffusion.models.latent_formats import LatentFormat
 from engine.diffusion.sampling.diffusion_model import AdmBuilder, DiffusionModel
 from engine.diffusion.sampling.model_sampling import ModelSampling
 from engine.diffusion.sampling.preview import latent_to_rgb
+from engine.diffusion.sampling.unet_variants import concat_variant
+from engine.diffusion.vision.unclip import revision_pooled
 from engine.handles.base import ManagedHandle
 from engine.handles.comfy_surface.extension import (
     ComfyPatcherExtensionsMixin,
@@ -36,9 +39,15 @@ def _size_and_crop(cond: Mapping[str, Any], width: int, height: int) -> dict[str
     }
 
 
+def _pooled(cond: Mapping[str, Any]) -> torch.Tensor | None:
+    revision = revision_pooled(cond)
+    return revision if revision is not None else cond.get("pooled_output")
+
+
 def sdxl_adm_builder(cond: Mapping[str, Any], width: int, height: int) -> torch.Tensor | None:
-    """SDXL base ADM vector from a CONDITIONING entry's options."""
-    pooled = cond.get("pooled_output")
+    """SDXL base ADM vector from a CONDITIONING entry's options (an unCLIP image embedding replaces the
+    pooled text: ComfyUI's "revision")."""
+    pooled = _pooled(cond)
     if pooled is None:
         return None
     target = {
@@ -50,7 +59,7 @@ def sdxl_adm_builder(cond: Mapping[str, Any], width: int, height: int) -> torch.
 
 def sdxl_refiner_adm_builder(cond: Mapping[str, Any], width: int, height: int) -> torch.Tensor | None:
     """SDXL refiner ADM vector; the aesthetic score defaults to 6 (ComfyUI's positive-prompt default)."""
-    pooled = cond.get("pooled_output")
+    pooled = _pooled(cond)
     if pooled is None:
         return None
     score = cond.get("aesthetic_score", 6.0)
@@ -89,8 +98,11 @@ class ModelHandle(
         vae_downscale: int = 8,
         name: str = "model",
         model_options: dict[str, Any] | None = None,
+        variant: str = "",
     ) -> None:
         super().__init__(patcher, manager=manager, name=name)
+        # The UNet variant ("ip2p", "depth", "x4_upscaler"...: checkpoints.detect_variant); its extra inputs.
+        self.variant = variant
         self.model_sampling = model_sampling
         self.family = family
         self.adm_builder: AdmBuilder | None = adm_builder_for(family)
@@ -121,6 +133,8 @@ class ModelHandle(
     @property
     def latent_format(self) -> LatentFormat:
         """How LATENT values (raw VAE latents) map into this model's space: the family's scale and shift."""
+        if getattr(self, "variant", "") == "x4_upscaler":
+            return latent_formats.SD_X4
         return latent_formats.for_family(str(self.family))
 
     # ---- use --------------------------------------------------------------------------------
@@ -131,13 +145,14 @@ class ModelHandle(
     def diffusion_model(self) -> DiffusionModel:
         """The denoiser wrapper the samplers call (valid while the model is in use)."""
         return DiffusionModel(
-            self.unet,
+            compiling.network_for(self, self.unet),  # the compiled twin under --compile/TorchCompileModel
             self.model_sampling,
             adm_builder=self.adm_builder,
             inpaint_concat=self.inpaint_concat,
             latent_channels=self.latent_channels,
             base_model=self.model,
             latent_format=self.latent_format,
+            variant=concat_variant(getattr(self, "variant", "")),
         )
 
     # ---- previews -----------------------------------------------------------------------------

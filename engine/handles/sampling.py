@@ -307,10 +307,12 @@ class Guider:
         latent_image: torch.Tensor,
         denoise_mask: torch.Tensor | None,
         sigmas: torch.Tensor | None = None,
+        seed: int | None = None,
     ) -> Any:
         """D(x, sigma) for this guider; `sigmas`, the run's schedule, reaches the model's patches as
-        transformer_options["sample_sigmas"]."""
+        transformer_options["sample_sigmas"]; `seed`, the noise seed, the conditioning's noise (unCLIP)."""
         dm = self.model.diffusion_model()
+        dm.seed = seed
         kw: dict[str, Any] = {
             "like": like,
             "latent_image": latent_image,
@@ -328,16 +330,20 @@ class Guider:
         raise ValueError(f"unknown guider kind {self.kind!r}")
 
 
-def _guider_denoiser(guider: Any, lat: torch.Tensor, mask: torch.Tensor | None, sigmas: torch.Tensor) -> Any:
-    """The guider's D(x, sigma), given the schedule where its `denoiser` takes one (a guider written for
-    the older interface without `sigmas` still runs)."""
+def _guider_denoiser(
+    guider: Any, lat: torch.Tensor, mask: torch.Tensor | None, sigmas: torch.Tensor, seed: int
+) -> Any:
+    """The guider's D(x, sigma), given the schedule and the noise seed where its `denoiser` takes them (a
+    guider written for the older interface without them still runs)."""
     params: Mapping[str, inspect.Parameter]
     try:
         params = inspect.signature(guider.denoiser).parameters
     except (TypeError, ValueError):  # a builtin or C callable: call it without the schedule
         params = {}
-    takes = "sigmas" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
-    extra = {"sigmas": sigmas} if takes else {}
+    var_kw = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    extra: dict[str, Any] = {"sigmas": sigmas} if "sigmas" in params or var_kw else {}
+    if "seed" in params or var_kw:
+        extra["seed"] = seed
     return guider.denoiser(lat, latent_image=lat, denoise_mask=mask, **extra)
 
 
@@ -369,8 +375,8 @@ def custom_sample(
         lat = latent_in(fmt, samples.to(device, torch.float32))
         mask = latent.get("noise_mask")
         mask = prepare_denoise_mask(mask, lat) if mask is not None else None
-        den = _guider_denoiser(guider, lat, mask, sigmas.to(device))
         seed = int(getattr(noise, "seed", 0))
+        den = _guider_denoiser(guider, lat, mask, sigmas.to(device), seed)
         out = ksampler.sample_custom(
             den, sampler, sigmas, initial.to(device), lat, reporter, noise_mask=mask, seed=seed
         )

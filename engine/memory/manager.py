@@ -32,6 +32,7 @@ import weakref
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
+from typing import Any
 
 import torch
 from torch import nn
@@ -69,6 +70,10 @@ class ManagedModel:
     streamed_units: list[str] = field(default_factory=list)
     hooks: HookSet | None = None
     _dtypes: dict[str, torch.dtype] = field(default_factory=dict)
+    # A clone's compute dtype the current placement casts to (ModelPatcher.compute_dtype), and the
+    # module's own `compute_dtype` attribute (what its forward casts inputs to) before any override.
+    dtype_override: torch.dtype | None = None
+    module_dtype: tuple[torch.dtype | None] | None = None
 
     @property
     def on_device(self) -> bool:
@@ -271,6 +276,7 @@ class ModelManager:
         handle = self._resolve(target)
         with self._lock:
             handle.last_used = next(self._clock)
+            self._set_dtype_override(handle, patcher.compute_dtype if patcher is not None else None)
             if not handle.on_device:
                 if handle.location is Location.DROPPED:
                     self._materialize(handle)
@@ -297,8 +303,23 @@ class ModelManager:
             raise ValueError(f"model {handle.name!r} is not registered with this manager")
         return handle
 
+    def _set_dtype_override(self, handle: ManagedModel, dtype: torch.dtype | None) -> None:
+        """Compute in `dtype` (None: the registered compute dtype): a placement made for another dtype is
+        undone (its cast hooks cast to that one), and the module's own `compute_dtype` attribute, which
+        its forward casts inputs to, follows."""
+        if handle.dtype_override == dtype:
+            return
+        if handle.on_device:
+            self._offload(handle)
+        module: Any = handle.module  # a network with a plain `compute_dtype` attribute (UNetModel)
+        if hasattr(module, "compute_dtype"):
+            own: tuple[torch.dtype | None] = handle.module_dtype or (module.compute_dtype,)
+            handle.module_dtype = own
+            module.compute_dtype = dtype if dtype is not None else own[0]
+        handle.dtype_override = dtype
+
     def _cast_dtype(self, handle: ManagedModel, unit: nn.Module) -> torch.dtype | None:
-        dt = handle.compute_dtype
+        dt = handle.dtype_override or handle.compute_dtype
         if dt is None:
             return None
         return dt if any(t.is_floating_point() and t.dtype != dt for _, t in direct_tensors(unit)) else None

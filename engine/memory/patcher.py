@@ -12,7 +12,8 @@ their patches when it loads them.
 
 Patch list layout per parameter key (ComfyUI's): `[(strength_patch, patch, strength_model), ...]`; the new
 weight is `W * strength_model + strength_patch * patch.delta(W)`, applied in list order, in float32, then
-cast back to the parameter's dtype.
+cast back to the parameter's dtype (`weight_patches.apply_patch`: a `GrowPatch` zero-pads W to a larger shape
+first, a `SetPatch` replaces it).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from engine.memory.weight_patches import WeightPatch, as_patch
+from engine.memory.weight_patches import WeightPatch, apply_patch, as_patch
 
 if TYPE_CHECKING:
     from engine.memory.manager import ManagedModel
@@ -84,17 +85,15 @@ class PatchState:
         for strength_patch, patch, strength_model in entries:
             if strength_model != 1.0:
                 weight *= strength_model
-            delta = patch.delta(weight)
-            if delta.numel() != weight.numel():
-                raise ValueError(
-                    f"patch for {key!r} has {tuple(delta.shape)} ({delta.numel()} values) but the weight is "
-                    f"{tuple(weight.shape)}; the patch file was probably made for a different model architecture"
-                )
-            weight += strength_patch * delta.reshape(weight.shape)
+            try:
+                weight = apply_patch(weight, patch, strength_patch)
+            except ValueError as e:
+                raise ValueError(f"patch for {key!r}: {e}") from e
         patched = weight.to(param.dtype)
         # On the offload device the original can simply be set aside; on the compute device it is copied to
-        # the offload device first so that patching costs no extra device memory.
-        if param.device == self.offload_device:
+        # the offload device first so that patching costs no extra device memory. A grown weight (a control
+        # LoRA's wider img_in) cannot be copied into the old tensor: it replaces it.
+        if param.device == self.offload_device or patched.shape != param.shape:
             self.backups[key] = _Backup(param.data, by_reference=True)
             param.data = patched
         else:
@@ -108,6 +107,8 @@ class PatchState:
                 param = _get_tensor(self.module, key)
                 if backup.by_reference and backup.original.device == param.device:
                     param.data = backup.original
+                elif backup.original.shape != param.shape:  # a grown weight, since moved to another device
+                    param.data = backup.original.to(param.device)
                 else:
                     param.data.copy_(backup.original)
         self.backups.clear()
@@ -133,6 +134,9 @@ class ModelPatcher:
         self._state = _state
         self.patches: dict[str, list[PatchEntry]] = {}
         self.patches_uuid = uuid.uuid4().hex
+        # ModelComputeDtype: the dtype this clone computes in (None: the registered model's own); the
+        # manager places the model for it (engine.memory.manager.ModelManager.load).
+        self.compute_dtype: torch.dtype | None = None
 
     @property
     def patch_state(self) -> PatchState:
@@ -142,6 +146,7 @@ class ModelPatcher:
         c = ModelPatcher(self.module, handle=self.handle, _state=self._state)
         c.patches = {k: list(v) for k, v in self.patches.items()}
         c.patches_uuid = self.patches_uuid  # same patch set until one of them changes it
+        c.compute_dtype = self.compute_dtype
         return c
 
     def patch_keys(self) -> set[str]:

@@ -19,10 +19,11 @@ from pathlib import Path
 
 import torch
 
+from . import detect_variant as dv
 from .detect_prediction import detect_prediction
 from .detect_text import detect_text_encoders
 from .detect_unet import unet_config_for_family, unet_facts
-from .detect_vae import vae_config_for_family
+from .detect_vae import vae_config_for_family, vae_config_for_file
 from .diffusers_layout import strip_prefix
 from .flow_detect import is_flow_state_dict
 from .io import CheckpointError
@@ -150,15 +151,22 @@ def detect_checkpoint(
     family, encoders, notes = detect_text_encoders(
         state_dict, context_dim=facts.context_dim, adm_dim=facts.adm_dim, path=path
     )
-    is_inpaint = facts.in_channels == 9
-    if facts.in_channels not in (4, 9):
-        notes.append(
-            f"UNet has {facts.in_channels} input channels (4 = txt2img, 9 = inpainting); treated as a variant"
-        )
+    variant = dv.unet_variant(unet_sd, facts.in_channels)
+    dv.check_variant_family(variant, family, path)
+    is_inpaint = variant == dv.INPAINT
+    if (note := dv.variant_note(variant, facts.in_channels)) is not None:
+        notes.append(note)
     meta = dict(metadata or {})
+    # Only plain 4-channel SD2 UNets get the eps/v weight statistic (ComfyUI's SD20.model_type).
     pred = detect_prediction(
-        state_dict, unet_sd, family, is_inpaint=is_inpaint, metadata=meta, override=prediction_type
+        state_dict,
+        unet_sd,
+        family,
+        is_inpaint=facts.in_channels != 4,
+        metadata=meta,
+        override=prediction_type,
     )
+    pred = dv.variant_prediction(pred, variant)
     notes += [*pred.notes, *_turbo_note(path, meta)]
     vae_sd = strip_prefix(state_dict, VAE_PREFIX)
     if not vae_sd:
@@ -172,10 +180,22 @@ def detect_checkpoint(
         prediction_type=pred.kind,
         prediction_source=pred.source,
         is_inpaint=is_inpaint,
-        unet_config=unet_config_for_family(unet_sd, pred.family, path) if infer_configs else None,
-        vae_config=vae_config_for_family(vae_sd, pred.family, path) if infer_configs and vae_sd else None,
+        unet_config=_unet_config(unet_sd, pred.family, variant, path) if infer_configs else None,
+        vae_config=_vae_config(vae_sd, pred.family, variant, path) if infer_configs and vae_sd else None,
         text_encoders=encoders,
         components=frozenset(components),
         filename=path,
         notes=tuple(notes),
+        variant=variant,
     )
+
+
+def _unet_config(unet_sd: Mapping[str, torch.Tensor], family: ModelFamily, variant: str, path: str) -> object:
+    config = unet_config_for_family(unet_sd, family, path, **dv.variant_head_args(variant))
+    return dv.refine_unet_config(config, unet_sd)
+
+
+def _vae_config(vae_sd: Mapping[str, torch.Tensor], family: ModelFamily, variant: str, path: str) -> object:
+    if variant == dv.X4_UPSCALER:
+        return vae_config_for_file(vae_sd, dv.X4_VAE_SCALE, path)
+    return vae_config_for_family(vae_sd, family, path)

@@ -257,9 +257,14 @@ def unet_facts(unet_sd: Weights, path: str) -> UNetFacts:
     )
 
 
-def unet_config_for_family(unet_sd: Weights, family: ModelFamily, path: str) -> UNetConfig:
-    # Attention heads are the one thing shapes do not show: SD1 uses 8 heads, SD2/SDXL 64-channel heads.
+def unet_config_for_family(
+    unet_sd: Weights, family: ModelFamily, path: str, num_heads: int | None = None
+) -> UNetConfig:
+    # Attention heads are the one thing shapes do not show: SD1 uses 8 heads, SD2/SDXL 64-channel heads
+    # (``num_heads`` overrides: the SD x4 upscaler is SD2-like with 8 heads).
     kw: dict[str, int] = {"num_heads": 8} if family is ModelFamily.SD1 else {"num_head_channels": 64}
+    if num_heads is not None:
+        kw = {"num_heads": num_heads}
     try:
         return unet_config_from_state_dict(unet_sd, **kw)
     except ValueError as e:

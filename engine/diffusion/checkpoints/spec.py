@@ -63,6 +63,9 @@ class CheckpointSpec:
     unet_prefix: str = UNET_PREFIX
     vae_prefix: str = VAE_PREFIX
     notes: tuple[str, ...] = field(default_factory=tuple)
+    # The UNet variant by its extra input channels: "" (txt2img), "inpaint", "ip2p", "depth",
+    # "x4_upscaler" (detect_variant.py).
+    variant: str = ""
 
     @property
     def context_dim(self) -> int | None:

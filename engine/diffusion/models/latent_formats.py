@@ -36,6 +36,8 @@ SD15 = LatentFormat("sd15", channels=4, scale_factor=0.18215)
 SDXL = LatentFormat("sdxl", channels=4, scale_factor=0.13025)
 SD3 = LatentFormat("sd3", channels=16, scale_factor=1.5305, shift_factor=0.0609)
 FLUX = LatentFormat("flux", channels=16, scale_factor=0.3611, shift_factor=0.1159)
+# The SD x4 upscaler's own VAE (x4-upscaling.yaml scale_factor 0.08333; ComfyUI's SD_X4).
+SD_X4 = LatentFormat("sd_x4", channels=4, scale_factor=0.08333)
 
 # diffgraph's model family names (ModelHandle.family) -> their latent format.
 FAMILY_FORMATS: dict[str, LatentFormat] = {

@@ -90,6 +90,11 @@ class UNetConfig:
     num_head_channels: int | None = None
     use_linear_in_transformer: bool = False
     adm_in_channels: int | None = None
+    # The SD x4 upscaler: ``label_emb`` is a class embedding of the noise level (``label_emb.weight``,
+    # LDM's num_classes = 1000), and the transformers of the levels marked here attend to the text
+    # context in attn1 too (LDM's disable_self_attentions, one flag per level; None: none do).
+    num_classes: int | None = None
+    disable_self_attentions: tuple[bool, ...] | None = None
 
     def __post_init__(self) -> None:
         levels = len(self.channel_mult)
@@ -275,20 +280,35 @@ class UNetConfig:
         )
 
 
-def build_transformer(config: UNetConfig, ch: int, depth: int, fk: dict[str, Any]) -> SpatialTransformer:
+def build_transformer(
+    config: UNetConfig, ch: int, depth: int, fk: dict[str, Any], level: int | None = None
+) -> SpatialTransformer:
+    """``level``: the UNet level (None: the middle block), for ``disable_self_attentions``."""
     heads, dim_head = config.heads_for(ch)
+    flags = config.disable_self_attentions
+    no_self = bool(flags and level is not None and flags[level])
     return SpatialTransformer(
-        ch, heads, dim_head, depth, config.context_dim, use_linear=config.use_linear_in_transformer, **fk
+        ch,
+        heads,
+        dim_head,
+        depth,
+        config.context_dim,
+        use_linear=config.use_linear_in_transformer,
+        disable_self_attn=no_self,
+        **fk,
     )
 
 
-def build_embeddings(config: UNetConfig, fk: dict[str, Any]) -> tuple[nn.Sequential, nn.Sequential | None]:
+def build_embeddings(config: UNetConfig, fk: dict[str, Any]) -> tuple[nn.Sequential, nn.Module | None]:
     """`time_embed` and, for SDXL-style models, `label_emb` (shared by the UNet and ControlNet)."""
     mc = config.model_channels
     ted = mc * 4
     time_embed = nn.Sequential(nn.Linear(mc, ted, **fk), nn.SiLU(), nn.Linear(ted, ted, **fk))
-    label_emb = None
-    if config.adm_in_channels is not None:
+    label_emb: nn.Module | None = None
+    if config.num_classes is not None:
+        # A class table (key label_emb.weight): the x4 upscaler's noise level, an integer 0..999.
+        label_emb = nn.Embedding(config.num_classes, ted, **fk)
+    elif config.adm_in_channels is not None:
         # Key layout label_emb.0.0 / label_emb.0.2: SGM's num_classes="sequential" wraps the MLP twice.
         label_emb = nn.Sequential(
             nn.Sequential(nn.Linear(config.adm_in_channels, ted, **fk), nn.SiLU(), nn.Linear(ted, ted, **fk))
@@ -312,7 +332,7 @@ def build_input_blocks(config: UNetConfig, fk: dict[str, Any]) -> tuple[nn.Modul
             ch = mc * mult
             depth = next(depth_in)
             if depth > 0:
-                layers.append(build_transformer(config, ch, depth, fk))
+                layers.append(build_transformer(config, ch, depth, fk, level))
             blocks.append(TimestepBlock(layers))
             channels.append(ch)
         if level != last:
@@ -359,7 +379,7 @@ class UNetModel(nn.Module):
                 ch = mc * mult
                 depth = next(depth_out)
                 if depth > 0:
-                    layers.append(build_transformer(config, ch, depth, fk))
+                    layers.append(build_transformer(config, ch, depth, fk, level))
                 if level and i == config.num_res_blocks[level]:
                     layers.append(Upsample(ch, ch, **fk))
                 self.output_blocks.append(TimestepBlock(layers))
@@ -416,7 +436,9 @@ class UNetModel(nn.Module):
                     "UNetModel: this UNet has an ADM/label embedding (SDXL); pass y, e.g. built with "
                     "engine.diffusion.models.sdxl_conditioning.sdxl_adm"
                 )
-            emb = emb + self.label_emb(y.to(dtype))  # y: (B, adm_in_channels) -> (B, 4*model_channels)
+            # y: (B, adm_in_channels) -> (B, 4*model_channels); class labels (B,) stay integers.
+            label = y.long() if isinstance(self.label_emb, nn.Embedding) else y.to(dtype)
+            emb = emb + self.label_emb(label)
         return emb  # type: ignore[no-any-return]
 
     def _forward(

@@ -195,11 +195,21 @@ class BasicTransformerBlock(nn.Module):
     """Pre-norm transformer block: self-attention, cross-attention on the text context, GEGLU MLP."""
 
     def __init__(
-        self, dim: int, heads: int, dim_head: int, context_dim: int | None, *, dtype=None, device=None
+        self,
+        dim: int,
+        heads: int,
+        dim_head: int,
+        context_dim: int | None,
+        *,
+        disable_self_attn: bool = False,
+        dtype=None,
+        device=None,
     ):
         super().__init__()
         fk = {"dtype": dtype, "device": device}
-        self.attn1 = CrossAttention(dim, heads, dim_head, None, **fk)
+        # disable_self_attn (the SD x4 upscaler's upper levels): attn1 attends to the text context too.
+        self.disable_self_attn = disable_self_attn
+        self.attn1 = CrossAttention(dim, heads, dim_head, context_dim if disable_self_attn else None, **fk)
         self.ff = FeedForward(dim, **fk)
         self.attn2 = CrossAttention(dim, heads, dim_head, context_dim, **fk)
         self.norm1 = nn.LayerNorm(dim, **fk)
@@ -217,7 +227,7 @@ class BasicTransformerBlock(nn.Module):
             "patches" in transformer_options or "patches_replace" in transformer_options
         ):
             return self._forward_patched(x, context, transformer_options)
-        x = self.attn1(self.norm1(x)) + x
+        x = self.attn1(self.norm1(x), context if self.disable_self_attn else None) + x
         x = self.attn2(self.norm2(x), context) + x
         return self.ff(self.norm3(x)) + x
 
@@ -240,9 +250,11 @@ class BasicTransformerBlock(nn.Module):
         keys = (None if block is None else (block[0], block[1], options.get("block_index", 0)), block)
 
         n = self.norm1(x)
-        ctx1 = val1 = None
+        ctx1 = context if self.disable_self_attn else None
+        val1 = None
         if "attn1_patch" in patches:
-            ctx1 = val1 = n
+            ctx1 = n if ctx1 is None else ctx1
+            val1 = ctx1
             for p in patches["attn1_patch"]:
                 n, ctx1, val1 = p(n, ctx1, val1, extra)
         n = _attend(self.attn1, n, ctx1, val1, replace.get("attn1"), keys, extra)
@@ -306,6 +318,7 @@ class SpatialTransformer(nn.Module):
         context_dim: int | None,
         *,
         use_linear: bool,
+        disable_self_attn: bool = False,
         dtype=None,
         device=None,
     ):
@@ -321,7 +334,12 @@ class SpatialTransformer(nn.Module):
         else:
             self.proj_in = _make_conv(channels, inner, 1, **fk)
         self.transformer_blocks = nn.ModuleList(
-            [BasicTransformerBlock(inner, heads, dim_head, context_dim, **fk) for _ in range(depth)]
+            [
+                BasicTransformerBlock(
+                    inner, heads, dim_head, context_dim, disable_self_attn=disable_self_attn, **fk
+                )
+                for _ in range(depth)
+            ]
         )
         if use_linear:
             self.proj_out = nn.Linear(inner, channels, **fk)

@@ -54,9 +54,11 @@ class DiffusionModel:
         latent_channels: int = 4,
         base_model: Any = None,
         latent_format: LatentFormat = IDENTITY,
+        variant: Any = None,
     ) -> None:
         """``base_model``: what guidance hooks receive as ``args["model"]`` (the ComfyUI-shaped model
-        object of the MODEL value; this wrapper itself when None)."""
+        object of the MODEL value; this wrapper itself when None). ``variant``: the extra inputs of an
+        IP2P / depth / x4-upscaler UNet (a ``unet_variants.ConcatVariant``; None for the others)."""
         self.unet = unet
         self.model_sampling = model_sampling
         self.adm_builder = adm_builder
@@ -64,12 +66,23 @@ class DiffusionModel:
         self.latent_channels = latent_channels
         self.base_model = base_model if base_model is not None else self
         self.latent_format = latent_format
+        self.variant = variant
+        # The sampler's noise seed, which ComfyUI hands to the conditioning code (unCLIP's noise); the
+        # sampler sets it, and ADM builders see it as the entry's "seed".
+        self.seed: int | None = None
 
     # ---- conditioning helpers ----------------------------------------------------------------
     def encode_adm(self, cond: Mapping[str, Any], width: int, height: int) -> torch.Tensor | None:
         """The UNet's ``y`` for one conditioning entry, or None when the model takes none."""
+        if self.variant is not None:
+            # The x4 upscaler's noise level; other variants keep the family's (SDXL InstructPix2Pix: SDXL's).
+            label = self.variant.adm(cond)
+            if label is not None:
+                return label  # type: ignore[no-any-return]
         if self.adm_builder is None:
             return None
+        if self.seed is not None and "seed" not in cond:
+            cond = {**cond, "seed": self.seed}
         return self.adm_builder(cond, width, height)
 
     def concat_cond(
@@ -89,6 +102,13 @@ class DiffusionModel:
         whole image is to be painted: mask = 1 and the masked latent is blank (zeros; ComfyUI uses
         the latent of a grey image, a small difference for mask-less inpainting-model txt2img).
         """
+        if self.variant is not None:
+            opts = dict(cond or {})
+            if getattr(self, "seed", None) is not None:
+                opts.setdefault("seed", self.seed)  # the x4 upscaler's noise augmentation follows it
+            return self.variant.concat(  # type: ignore[no-any-return]
+                like, latent_image=latent_image, denoise_mask=denoise_mask, cond=opts
+            )
         if not self.inpaint_concat:
             return None
         cond = cond or {}
@@ -178,7 +198,12 @@ class DiffusionModel:
             t.to(device),
             context=None if context is None else context.to(device, dtype),
             # A network may ask for y in another dtype (the Flux adapter: float32, see flow_models).
-            y=None if y is None else y.to(device, getattr(self.unet, "y_dtype", None) or dtype),
+            # Integer class labels (the x4 upscaler's noise level) stay integers.
+            y=None
+            if y is None
+            else y.to(device, getattr(self.unet, "y_dtype", None) or dtype)
+            if y.is_floating_point()
+            else y.to(device),
             control=control,
             transformer_options=transformer_options if transformer_options is not None else {},
         )

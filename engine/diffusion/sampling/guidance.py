@@ -13,7 +13,11 @@ the options understood here are ComfyUI's:
 * "start_percent"/"end_percent" (ConditioningSetTimestepRange: fractions 0..1 of the schedule);
 * "control": a ControlNet-like object with ``get_control(x, sigma, context, y) -> {"input": [...],
   "middle": [...], "output": [...]}`` (residuals handed to the UNet's ``control`` argument);
-* "concat_latent_image"/"concat_mask" for inpainting UNets.
+* "concat_latent_image"/"concat_mask" for inpainting UNets;
+* "hooks" (a HOOKS group, engine.handles.hooks): the entry is evaluated with the group's weight patches
+  at their scheduled strength, in model calls of its own; "clip_start_percent"/"clip_end_percent"
+  (SetClipHooks' schedule) narrow the step range; "default" (ConditioningSetDefaultCombine): the entry
+  weighs what the side's other active entries leave uncovered (``hooked_conds.default_weight``).
 
 Entries of one side are combined as ComfyUI does: each entry's prediction is weighted by its
 mask × strength (areas without a mask get an 8-pixel feathered edge) and overlapping regions are
@@ -26,13 +30,17 @@ from __future__ import annotations
 import math
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from engine.diffusion.models.wrappers import call_wrapped, wrappers_of
+
 from .diffusion_model import DiffusionModel, _to_batch
+from .gligen_cond import GLIGEN_KEY, gligen_of, share_with_uncond, with_gligen_patch
+from .hooked_conds import default_weight, hook_session
 from .model_sampling import ModelSampling
 
 Conditioning = Sequence[Sequence[Any]]  # [[tensor, dict], ...]
@@ -54,6 +62,8 @@ class PreparedCond:
     sigma_end: float = 0.0  # ... and sigma >= sigma_end
     control: Any = None
     extra: dict[str, Any] = field(default_factory=dict)
+    hooks: Any = None  # a HOOKS group: evaluated with its weight patches (see the module docstring)
+    default: bool = False  # ConditioningSetDefaultCombine's entries
     # ComfyUI gives each conditioning entry a uuid for the sampling run (transformer_options["uuids"]).
     uuid: uuid.UUID = field(default_factory=uuid.uuid4)
 
@@ -154,6 +164,9 @@ def prepare_conditioning(
         c_concat = model.concat_cond(like, latent_image=latent_image, denoise_mask=denoise_mask, cond=opts)
         start = float(opts.get("start_percent", 0.0))
         end = float(opts.get("end_percent", 1.0))
+        if "clip_start_percent" in opts:  # one range of a scheduled CLIP hook: both ranges apply
+            start = max(start, float(opts["clip_start_percent"]))
+            end = min(end, float(opts.get("clip_end_percent", 1.0)))
         out.append(
             PreparedCond(
                 context=context,
@@ -164,6 +177,9 @@ def prepare_conditioning(
                 sigma_start=ms.percent_to_sigma(start),
                 sigma_end=ms.percent_to_sigma(end),
                 control=opts.get("control"),
+                extra={GLIGEN_KEY: g} if (g := gligen_of(opts)) is not None else {},
+                hooks=opts.get("hooks"),
+                default="default" in opts,
             )
         )
     return out
@@ -179,6 +195,17 @@ class _Job:
 def _can_join(lengths: list[int], new: int) -> bool:
     allv = lengths + [new]
     return math.lcm(*allv) // min(allv) <= 4
+
+
+def _pre_run(control: Any, model: DiffusionModel) -> None:
+    """Before sampling: a control gets the model's noise schedule (``pre_run``) and, if it takes weights
+    from the sampled model (Stability's SD3.5 ControlNets), the model itself (``bind_model``)."""
+    pre_run = getattr(control, "pre_run", None)
+    if callable(pre_run):
+        pre_run(model.model_sampling)
+    bind = getattr(control, "bind_model", None)
+    if callable(bind):
+        bind(model)
 
 
 class CFGDenoiser:
@@ -241,21 +268,29 @@ class CFGDenoiser:
                     "cfg != 1 needs a negative CONDITIONING (connect one, e.g. an empty prompt), or set cfg to 1"
                 )
             self.negative = prepare_conditioning(negative or [], model, like, **kw)
+            share_with_uncond(self.positive, self.negative)
         if not self.positive:
             raise ValueError("the positive CONDITIONING is empty; connect a text encoder output")
         # Controls (ControlNet/T2I) convert sigma to their own timesteps and percent ranges: give them
         # this model's noise schedule before sampling starts.
         for prepared in (*self.positive, *self.negative):
-            pre_run = getattr(prepared.control, "pre_run", None)
-            if callable(pre_run):
-                pre_run(model.model_sampling)
+            _pre_run(prepared.control, model)
         self.model_calls = 0
+        self._hook_session: Any = None
 
     @property
     def model_sampling(self) -> ModelSampling:
         return self.model.model_sampling
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        # ComfyUI's PREDICT_NOISE wrappers (LazyCache...) run around the guided prediction.
+        if wrappers_of("predict_noise", self.transformer_options):
+            args = (x, sigma, {**self.model_options, "transformer_options": self.transformer_options})
+            seed = getattr(self.model, "seed", None)
+            return call_wrapped("predict_noise", self.transformer_options, self._guided, self, *args, seed)  # type: ignore[no-any-return]
+        return self._predict(x, sigma, need_uncond=False)[0]
+
+    def _guided(self, x: torch.Tensor, sigma: torch.Tensor, *_: Any, **__: Any) -> torch.Tensor:
         return self._predict(x, sigma, need_uncond=False)[0]
 
     def with_uncond(self, x: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -264,10 +299,9 @@ class CFGDenoiser:
         for these samplers (disable_cfg1_optimization); without a negative it predicts zeros."""
         if self.skip_uncond and not self.negative and self._negative_src:
             self.negative = prepare_conditioning(self._negative_src, self.model, **self._prepare_kw)
+            share_with_uncond(self.positive, self.negative)
             for prepared in self.negative:
-                pre_run = getattr(prepared.control, "pre_run", None)
-                if callable(pre_run):
-                    pre_run(self.model.model_sampling)
+                _pre_run(prepared.control, self.model)
         den, uncond = self._predict(x, sigma, need_uncond=True)
         assert uncond is not None
         return den, uncond
@@ -281,13 +315,16 @@ class CFGDenoiser:
         jobs: list[_Job] = []
         for side, conds in enumerate(sides):
             for c in conds:
-                if not c.active(s):
+                if not c.active(s) or c.default:
                     continue
                 xi = x
                 if c.area is not None:
                     ah, aw, ay, ax = c.area
                     xi = x[:, :, ay : ay + ah, ax : ax + aw]
                 jobs.append(_Job(side, c, xi))
+            defaults = [c for c in conds if c.default and c.active(s)]
+            weight = default_weight(x, [j.cond for j in jobs if j.side == side]) if defaults else None
+            jobs += [_Job(side, replace(c, mult=weight), x) for c in defaults if weight is not None]
         results = self._run(jobs, x, sigma)
         preds = [
             self._combine(x, [(j, r) for j, r in zip(jobs, results, strict=True) if j.side == k])
@@ -346,6 +383,8 @@ class CFGDenoiser:
                 None if c.y is None else tuple(c.y.shape[1:]),
                 None if c.c_concat is None else c.c_concat.shape[1],
                 id(c.control) if c.control is not None else None,
+                id(c.extra.get(GLIGEN_KEY)),  # GLIGEN boxes: patched calls of their own
+                id(c.hooks) if c.hooks is not None else None,  # each hook group in calls of its own
             )
             for g, k in zip(groups, keys, strict=True):
                 lengths = [jobs[m].cond.context.shape[1] for m in g]
@@ -356,6 +395,8 @@ class CFGDenoiser:
             else:
                 groups.append([i])
                 keys.append(key)
+        if self._hook_session is None:
+            self._hook_session = hook_session(self.model.base_model, [j.cond for j in jobs])
         results: list[torch.Tensor | None] = [None] * len(jobs)
         for g in groups:
             outs = self._forward([jobs[i] for i in g], sigma, b)
@@ -386,6 +427,9 @@ class CFGDenoiser:
         ctx_b = torch.cat(ctxs) if len(ctxs) > 1 else ctxs[0]
         y_b = (torch.cat(ys) if len(ys) > 1 else ys[0]) if ys else None
         cc_b = (torch.cat(concats) if len(concats) > 1 else concats[0]) if concats else None
+        if self._hook_session is not None:
+            sample_sigmas = self.transformer_options.get("sample_sigmas")
+            self._hook_session.apply(group[0].cond.hooks, float(sb[0]), sample_sigmas)
         control = group[0].cond.control
         ctrl = control.get_control(xb, sb, ctx_b, y_b) if control is not None else None
         cond_or_uncond = [j.side for j in group]
@@ -394,6 +438,7 @@ class CFGDenoiser:
         topts["uuids"] = [j.cond.uuid for j in group]
         # ComfyUI's "sigmas": the step's sigma per latent of the batch (not per chunk).
         topts["sigmas"] = sb[:b]
+        topts = with_gligen_patch(topts, group[0].cond.extra.get(GLIGEN_KEY), xb)
         self.model_calls += 1
         wrapper = self.model_options.get("model_function_wrapper")
         if wrapper is None:

@@ -181,6 +181,8 @@ def sample(
     topts = dict(options.get("transformer_options") or transformer_options or {})
     topts["sample_sigmas"] = sigmas.to(latent.device)
     options["transformer_options"] = topts
+    if getattr(model, "seed", 0) is None:
+        model.seed = seed  # the conditioning's noise (unCLIP) follows the sampler's seed, as in ComfyUI
     guider = CFGDenoiser(
         model,
         positive,

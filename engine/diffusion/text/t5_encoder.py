@@ -38,9 +38,10 @@ SD3_T5_MIN_LENGTH = 77
 FLUX_T5_MIN_LENGTH = 256
 
 
-def t5_token_row(tokens: list[WeightedToken], min_length: int) -> list[WeightedToken]:
-    """``tokens </s> <pad>*`` at least ``min_length`` long (ComfyUI's single, unbounded T5 row)."""
-    row = [*tokens, (EOS_TOKEN_ID, 1.0)]
+def t5_token_row(tokens: list[WeightedToken], min_length: int, min_padding: int = 0) -> list[WeightedToken]:
+    """``tokens </s> <pad>*`` with at least ``min_padding`` pads, at least ``min_length`` long (ComfyUI's
+    single, unbounded T5 row; T5TokenizerOptions sets both)."""
+    row = [*tokens, (EOS_TOKEN_ID, 1.0)] + [(PAD_TOKEN_ID, 1.0)] * min_padding
     return row + [(PAD_TOKEN_ID, 1.0)] * max(0, min_length - len(row))
 
 
@@ -69,6 +70,7 @@ class T5TextEncoder(nn.Module):
         self.t5xxl = model
         self.tokenizer = tokenizer
         self.min_length = min_length
+        self.min_padding = 0
         self.attention_mask = attention_mask
 
     @property
@@ -83,7 +85,7 @@ class T5TextEncoder(nn.Module):
         resolver = (lambda _name: None) if drop_embeddings else None
         tokenized = tokenize_prompt(prompt, self.tokenizer, resolve_embedding=resolver, has_start_token=False)
         tokens = [token for group in tokenized.groups for token in group]
-        return t5_token_row(tokens, self.min_length if min_length is None else min_length)
+        return t5_token_row(tokens, self.min_length if min_length is None else min_length, self.min_padding)
 
     @torch.no_grad()
     def encode(

@@ -12,6 +12,7 @@ VAE: ``encode`` / ``decode`` take and give ComfyUI's shapes (IMAGE (B, H, W, C) 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -119,10 +120,14 @@ class ComfyClipMixin:
         self, tokens: dict[str, Any], return_pooled: bool | str = False, return_dict: bool = False
     ) -> Any:
         """Conditioning (1, tokens, dim) for a ``tokenize`` structure; with ``return_pooled`` also the
-        pooled vector, with ``return_dict`` ``{"cond": ..., "pooled_output": ...}``."""
+        pooled vector, with ``return_dict`` ``{"cond": ..., "pooled_output": ...}``. ``return_pooled=
+        "unprojected"``: the pooled tower's (the first one's for SD1/SD2) final-norm end-token state, without
+        its text projection (ComfyUI's ``projected_pooled: False``; GLIGEN and SD3/Flux CLIP-L use it)."""
         enc = self.encoder
         vectors_by_name = getattr(self, "_embedding_vectors", {})
         conds, pooled = [], None
+        unprojected = return_pooled == "unprojected"
+        pooled_index = next((i for i, s in enumerate(enc.specs) if s.pooled), 0)
         with self.use():  # type: ignore[attr-defined]
             for index, spec in enumerate(enc.specs):
                 name = TOWER_NAMES.get(spec.key, spec.key)
@@ -132,6 +137,8 @@ class ComfyClipMixin:
                     )
                 chunks = [[(entry[0], float(entry[1])) for entry in chunk] for chunk in tokens[name]]
                 vectors = {n: per_tower[index] for n, per_tower in vectors_by_name.items()}
+                if unprojected and index == pooled_index:
+                    spec = dataclasses.replace(spec, pooled=True, projected_pooled=False)
                 with torch.no_grad():
                     cond, tower_pooled = enc._encode_tower(
                         spec, chunks, clip_skip=self.clip_skip, vectors=vectors

@@ -58,6 +58,7 @@ def load_unet_with_operations(
             spec.prediction_type,
             spec.is_inpaint,
         )
+        variant = spec.variant  # IP2P / depth / x4 upscaler: their extra inputs and schedule
     except CheckpointError as exc:
         # Not a real-sized SD family (test and toy models): the shapes alone, SD1-like without an ADM
         # input and SDXL-like with one.
@@ -65,7 +66,7 @@ def load_unet_with_operations(
         heads = {"num_head_channels": 64} if sdxl_like else {"num_heads": 8}
         config = unet_config_from_state_dict(shapes, **heads)
         family = "sdxl" if sdxl_like else "sd1"
-        prediction, inpaint = prediction_type or "eps", config.in_channels == 9
+        prediction, inpaint, variant = prediction_type or "eps", config.in_channels == 9, ""
         log.warning("%s: %s; building the UNet from its shapes as %s", name, exc, family)
     unet = UNetModel(config, device="meta")
     use_operations(unet, operations)
@@ -80,5 +81,11 @@ def load_unet_with_operations(
     unet.requires_grad_(False)
     unet.eval()
     return make_model_handle(
-        unet, manager=manager, family=family, prediction_type=prediction, inpaint=inpaint, name=name
+        unet,
+        manager=manager,
+        family=family,
+        prediction_type=prediction,
+        inpaint=inpaint,
+        name=name,
+        variant=variant,
     )

@@ -28,10 +28,6 @@ LOADERS = [
 # (node function, its file input, the folder kind, other inputs)
 UNSUPPORTED = [
     (A.image_only_checkpoint_loader, "ckpt_name", "checkpoints", {}),
-    (A.unclip_checkpoint_loader, "ckpt_name", "checkpoints", {}),
-    (A.clip_vision_loader, "clip_name", "clip_vision", {}),
-    (A.style_model_loader, "style_model_name", "style_models", {}),
-    (A.gligen_loader, "gligen_name", "gligen", {}),
 ]
 
 
@@ -116,13 +112,13 @@ def test_unsupported_loader_in_a_workflow_is_a_node_error(env):
     root, _ = env
     runtime = build_runtime(Folders.create(root), load_custom_nodes=False)
     workflow = parse_api_workflow(
-        {"1": {"class_type": "GLIGENLoader", "inputs": {"gligen_name": "thing.safetensors"}}}
+        {"1": {"class_type": "ImageOnlyCheckpointLoader", "inputs": {"ckpt_name": "sd1.safetensors"}}}
     )
     result = runtime.executor.run(workflow, targets=["1"])
     assert result.status == "error"
     error = result.errors[0]
-    assert (error.node_id, error.node_type) == ("1", "GLIGENLoader")
-    assert "GLIGEN models are not supported by diffgraph yet" in str(error)
+    assert (error.node_id, error.node_type) == ("1", "ImageOnlyCheckpointLoader")
+    assert "(Stable Video Diffusion) checkpoints are not supported by diffgraph yet" in str(error)
 
 
 @pytest.mark.skipif(not REFERENCE.is_file(), reason="ComfyUI reference /object_info not in this checkout")

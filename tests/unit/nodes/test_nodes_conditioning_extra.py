@@ -118,20 +118,6 @@ def test_instruct_pix_to_pix_conditioning_crops_encodes_and_sets_concat_latent(t
     assert torch.equal(p2[0][1]["concat_latent_image"], vae.encode(even))
 
 
-def test_unclip_conditioning_appends_comfyuis_entries():
-    base = cond(1.0, 2.0)
-    out_vision, other_vision = object(), object()
-    assert X.unclip_conditioning(base, out_vision, 0.0, 0.5) == (base,)
-    (once,) = X.unclip_conditioning(base, out_vision, 1.5, 0.25)
-    (twice,) = X.unclip_conditioning(once, other_vision, -2.0, 0.0)
-    assert once[0][1]["unclip_conditioning"] == [
-        {"clip_vision_output": out_vision, "strength": 1.5, "noise_augmentation": 0.25}
-    ]
-    assert [u["clip_vision_output"] for u in twice[1][1]["unclip_conditioning"]] == [out_vision, other_vision]
-    assert twice[1][1]["unclip_conditioning"][1]["strength"] == -2.0
-    assert len(once[0][1]["unclip_conditioning"]) == 1 and "unclip_conditioning" not in base[0][1]
-
-
 def test_reference_latent_appends_samples():
     base = cond(1.0)
     a, b = torch.zeros(1, 4, 8, 8), torch.ones(1, 4, 8, 8)
@@ -141,40 +127,6 @@ def test_reference_latent_appends_samples():
     assert one[0][1]["reference_latents"] == [a]
     assert two[0][1]["reference_latents"][0] is a and two[0][1]["reference_latents"][1] is b
     assert "reference_latents" not in base[0][1]
-
-
-@pytest.mark.parametrize(
-    ("node", "kwargs", "what"),
-    [
-        ("clip_vision_encode", {"clip_vision": None, "image": None, "crop": "center"}, "CLIP vision"),
-        (
-            "style_model_apply",
-            {"style_model": None, "clip_vision_output": None, "strength": 1.0, "strength_type": "multiply"},
-            "style models",
-        ),
-        (
-            "gligen_textbox_apply",
-            {
-                "clip": None,
-                "gligen_textbox_model": None,
-                "text": "x",
-                "width": 64,
-                "height": 64,
-                "x": 0,
-                "y": 0,
-            },
-            "GLIGEN",
-        ),
-        ("photomaker_encode", {"photomaker": None, "image": None, "clip": None, "text": "x"}, "PhotoMaker"),
-    ],
-)
-def test_nodes_without_model_support_name_what_is_missing(node, kwargs, what):
-    if "style" in node:
-        kwargs = {"conditioning": cond(1.0), **kwargs}
-    if "gligen" in node:
-        kwargs = {"conditioning_to": cond(1.0), **kwargs}
-    with pytest.raises(X.UnsupportedModelError, match=f"{what}.*not supported"):
-        getattr(X, node)(**kwargs)
 
 
 # ---- hooks ----------------------------------------------------------------------------------------------
@@ -235,12 +187,13 @@ def test_set_properties_and_combine_and_pair_variants():
         "pair_conditioning_set_properties_and_combine",
     ],
 )
-def test_hooks_values_are_refused(node):
+def test_values_other_than_hooks_are_refused(node):
+    # HOOKS values themselves are applied (tests/unit/nodes/test_hooks*.py).
     n_conds = {"conditioning_set_properties": 1, "pair_conditioning_set_properties_and_combine": 4}.get(
         node, 2
     )
     args = [cond(1.0)] * n_conds
-    with pytest.raises(H.UnsupportedHooksError, match="hooks.*not supported"):
+    with pytest.raises(TypeError, match="hooks must be a HOOKS value"):
         getattr(H, node)(*args, 1.0, "default", hooks=object())
 
 

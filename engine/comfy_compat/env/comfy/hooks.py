@@ -1,17 +1,22 @@
 """ComfyUI's comfy.hooks for custom packs: the hook and keyframe data types packs build and combine
 (HookGroup, HookKeyframe, HookKeyframeGroup, the enums).
 
-diffgraph's sampler does not apply hooks (per-conditioning weight or option changes during sampling):
-the functions that attach hooks to conditionings or models raise NotImplementedError, so a workflow that
-uses them fails with a clear message instead of sampling without them."""
+Weight hooks (create_hook_lora, create_hook_model_as_lora) attached to conditionings
+(set_hooks_for_conditioning, conditioning_set_values_with_hooks, set_conds_props...) become diffgraph's
+own hooks (engine.handles.hooks), which its sampler applies. Hooks of the other types, and hook patches
+registered directly on models or CLIPs (load_hook_lora_for_models), raise NotImplementedError, so a
+workflow that uses them fails with a clear message instead of sampling without them."""
 
 from __future__ import annotations
 
 import enum
 import uuid
+import weakref
 from typing import Any
 
 import torch
+
+from engine.handles import hooks as _engine
 
 
 class EnumHookMode(enum.Enum):
@@ -242,15 +247,193 @@ class InterpolationMethod:
 
 def _unsupported(name: str) -> Any:
     def call(*args: Any, **kwargs: Any) -> Any:
-        raise NotImplementedError(f"comfy.hooks.{name}: diffgraph's sampler does not apply hooks")
+        raise NotImplementedError(f"comfy.hooks.{name}: diffgraph's sampler does not apply this kind of hook")
 
     call.__name__ = name
     return call
 
 
-for _name in (
-    "create_hook_lora", "create_hook_model_as_lora", "load_hook_lora_for_models", "set_hooks_for_conditioning",
-    "conditioning_set_values_with_hooks", "set_conds_props", "set_conds_props_and_combine",
-    "set_default_conds_and_combine", "create_transformer_options_from_hooks", "get_patch_weights_from_model",
-):  # fmt: skip
+for _name in ("load_hook_lora_for_models",):
     globals()[_name] = _unsupported(_name)
+
+
+# ---- creating hooks (ComfyUI's create_hook_*) ------------------------------------------------------
+
+
+def create_hook_lora(lora: dict[str, torch.Tensor], strength_model: float, strength_clip: float) -> HookGroup:
+    """A group of one weight hook carrying a LoRA state dict (matched to a model's keys when sampled)."""
+    group = HookGroup()
+    hook = WeightHook(strength_model=strength_model, strength_clip=strength_clip)
+    group.add(hook)
+    hook.weights = lora
+    return group
+
+
+def create_hook_model_as_lora(weights_model: Any, weights_clip: Any, strength_model: float,
+                              strength_clip: float) -> HookGroup:  # fmt: skip
+    """A group of one weight hook moving a model towards another one's weights (ComfyUI's model_as_lora
+    patches: ``{key: ("model_as_lora", (weight,))}``)."""
+    group = HookGroup()
+    hook = WeightHook(strength_model=strength_model, strength_clip=strength_clip)
+    group.add(hook)
+    hook.weights = (
+        None if weights_model is None else {k: ("model_as_lora", (v,)) for k, v in weights_model.items()}
+    )
+    hook.weights_clip = (
+        None if weights_clip is None else {k: ("model_as_lora", (v,)) for k, v in weights_clip.items()}
+    )
+    hook.need_weight_init = False
+    return group
+
+
+def get_patch_weights_from_model(model: Any, discard_model_sampling: bool = True) -> dict[str, Any] | None:
+    if model is None:
+        return None
+    weights: dict[str, Any] = dict(model.model.state_dict())
+    if discard_model_sampling:
+        weights = {k: v for k, v in weights.items() if not k.startswith("model_sampling")}
+    return weights
+
+
+def create_transformer_options_from_hooks(model: Any, hooks: HookGroup | None,
+                                          transformer_options: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
+    if hooks is None or getattr(model, "is_clip", False):
+        return {}
+    if isinstance(hooks, HookGroup) and hooks.get_type(EnumHookType.TransformerOptions):
+        raise NotImplementedError(
+            "comfy.hooks: transformer-options hooks are not applied by diffgraph's sampler"
+        )
+    return transformer_options if transformer_options is not None else {}
+
+
+# ---- to diffgraph's hooks -------------------------------------------------------------------------
+
+# One engine identity per ComfyUI hook_ref, so that copies of a hook (clone(), keyframed copies) stay one
+# hook in diffgraph too: combining dedups them and sampling loads their patches once.
+_REFS: weakref.WeakValueDictionary[str, Any] = weakref.WeakValueDictionary()
+
+
+def _ref(hook_ref: Any) -> Any:
+    key = str(hook_ref)
+    ref = _REFS.get(key)
+    if ref is None:
+        ref = _engine._Ref()
+        _REFS[key] = ref
+    return ref
+
+
+def _model_as_lora(weights: dict[str, Any] | None, prefix: str) -> dict[str, torch.Tensor] | None:
+    # ComfyUI names UNet weights as BaseModel's state dict does ("diffusion_model.<unet key>").
+    if weights is None:
+        return None
+    out = {}
+    for key, patch in weights.items():
+        tensor = patch[1][0] if isinstance(patch, tuple) else patch
+        out[key[len(prefix) :] if key.startswith(prefix) else key] = tensor
+    return out
+
+
+def _engine_hook(hook: WeightHook, keyframes: dict[int, Any]) -> Any:
+    kf_group = hook.hook_keyframe
+    kfs = keyframes.get(id(kf_group))
+    if kfs is None:  # hooks sharing one keyframe group keep sharing one schedule
+        items = (
+            _engine.HookKeyframe(k.strength, k.start_percent, k.guarantee_steps) for k in kf_group.keyframes
+        )
+        kfs = keyframes[id(kf_group)] = _engine.HookKeyframes(tuple(items))
+    common = {"keyframes": kfs, "ref": _ref(hook.hook_ref)}
+    if hook.need_weight_init:
+        return _engine.WeightHook(hook._strength_model, hook._strength_clip, lora=hook.weights, **common)
+    return _engine.WeightHook(
+        hook._strength_model, hook._strength_clip, model_weights=_model_as_lora(hook.weights, "diffusion_model."),
+        clip_weights=_model_as_lora(hook.weights_clip, ""), **common,
+    )  # fmt: skip
+
+
+def to_engine_hooks(hooks: Any) -> Any:
+    """A pack's HookGroup as diffgraph's HOOKS value (diffgraph's own values pass through)."""
+    if hooks is None or isinstance(hooks, _engine.HookGroup):
+        return hooks
+    other = [h for h in hooks.hooks if h.hook_type != EnumHookType.Weight]
+    if other:
+        kinds = sorted({h.hook_type.value for h in other})
+        raise NotImplementedError(f"comfy.hooks: {kinds} hooks are not applied by diffgraph's sampler")
+    keyframes: dict[int, Any] = {}
+    return _engine.HookGroup(tuple(_engine_hook(h, keyframes) for h in hooks.get_type(EnumHookType.Weight)))
+
+
+# ---- attaching hooks to conditionings ---------------------------------------------------------------
+
+
+def conditioning_set_values_with_hooks(conditioning: Any, values: dict[str, Any] | None = None,
+                                       append_hooks: bool = True, cache: dict[Any, Any] | None = None) -> list[Any]:  # fmt: skip
+    """Each entry with `values` set; "hooks" (converted to diffgraph's) combined with the entry's own
+    group when append_hooks, as ComfyUI does."""
+    values = dict(values or {})
+    if "hooks" in values:
+        values["hooks"] = to_engine_hooks(values["hooks"])
+    out = []
+    for cond, opts in conditioning:
+        n = dict(opts)
+        for key, value in values.items():
+            if key == "hooks" and append_hooks and n.get("hooks") is not None:
+                if value is not None:
+                    n["hooks"] = to_engine_hooks(n["hooks"]).combined(value)
+            else:
+                n[key] = value
+        out.append([cond, n])
+    return out
+
+
+def set_hooks_for_conditioning(cond: Any, hooks: Any, append_hooks: bool = True, cache: Any = None) -> Any:
+    if hooks is None:
+        return cond
+    return conditioning_set_values_with_hooks(cond, {"hooks": hooks}, append_hooks=append_hooks)
+
+
+def set_timesteps_for_conditioning(cond: Any, timestep_range: tuple[float, float] | None) -> Any:
+    if timestep_range is None:
+        return cond
+    values = {"start_percent": timestep_range[0], "end_percent": timestep_range[1]}
+    return conditioning_set_values_with_hooks(cond, values)
+
+
+def set_mask_for_conditioning(
+    cond: Any, mask: torch.Tensor | None, set_cond_area: str, strength: float
+) -> Any:
+    if mask is None:
+        return cond
+    if mask.ndim < 3:
+        mask = mask.unsqueeze(0)
+    values = {"mask": mask, "set_area_to_bounds": set_cond_area != "default", "mask_strength": strength}
+    return conditioning_set_values_with_hooks(cond, values)
+
+
+def _props(c: Any, hooks: Any, append: bool, mask: Any, area: str, strength: float, steps: Any) -> Any:
+    c = set_hooks_for_conditioning(c, hooks, append_hooks=append)
+    c = set_mask_for_conditioning(c, mask, area, strength)
+    return set_timesteps_for_conditioning(c, steps)
+
+
+def set_conds_props(conds: list[Any], strength: float, set_cond_area: str, mask: Any = None, hooks: Any = None,
+                    timesteps_range: Any = None, append_hooks: bool = True) -> list[Any]:  # fmt: skip
+    return [_props(c, hooks, append_hooks, mask, set_cond_area, strength, timesteps_range) for c in conds]
+
+
+def set_conds_props_and_combine(conds: list[Any], new_conds: list[Any], strength: float = 1.0,
+                                set_cond_area: str = "default", mask: Any = None, hooks: Any = None,
+                                timesteps_range: Any = None, append_hooks: bool = True) -> list[Any]:  # fmt: skip
+    return [
+        list(c) + _props(n, hooks, append_hooks, mask, set_cond_area, strength, timesteps_range)
+        for c, n in zip(conds, new_conds, strict=False)
+    ]
+
+
+def set_default_conds_and_combine(conds: list[Any], new_conds: list[Any], hooks: Any = None,
+                                  timesteps_range: Any = None, append_hooks: bool = True) -> list[Any]:  # fmt: skip
+    out = []
+    for c, n in zip(conds, new_conds, strict=False):
+        n = set_hooks_for_conditioning(n, hooks, append_hooks=append_hooks)
+        n = conditioning_set_values_with_hooks(n, {"default": True})
+        out.append(list(c) + set_timesteps_for_conditioning(n, timesteps_range))
+    return out

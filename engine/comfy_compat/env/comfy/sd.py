@@ -15,6 +15,8 @@ from engine.comfy_compat import sd_bridge as _bridge
 from engine.comfy_compat.binding import current as _current
 from engine.handles import ClipHandle as _ClipHandle
 from engine.handles import VAEHandle as _VAEHandle
+from engine.handles.clip_vision import load_checkpoint_clip_vision as _load_checkpoint_clip_vision
+from engine.handles.clip_vision import load_style_model as _load_style_model
 
 _services = _current().services
 
@@ -56,7 +58,8 @@ def load_checkpoint_guess_config(
     model_options: Any = None,
     te_model_options: Any = None,
 ) -> tuple[Any, Any, Any, Any]:
-    """(MODEL, CLIP, VAE, CLIP vision) of a checkpoint file; CLIP vision is None (diffgraph reads none)."""
+    """(MODEL, CLIP, VAE, CLIP vision) of a checkpoint file; CLIP vision: an unCLIP checkpoint's image
+    encoder when asked for (None otherwise, and for files without one)."""
     model, clip, vae = _bridge.load_checkpoint(
         _services,
         ckpt_path,
@@ -64,7 +67,10 @@ def load_checkpoint_guess_config(
         output_clip=output_clip,
         embedding_directory=embedding_directory,
     )
-    return (model if output_model else None), clip, vae, None
+    vision = None
+    if output_clipvision:
+        vision = _load_checkpoint_clip_vision(ckpt_path, manager=_bridge.manager_of(_services))
+    return (model if output_model else None), clip, vae, vision
 
 
 def load_checkpoint(
@@ -146,6 +152,12 @@ def _state_dict_loader(name: str) -> Any:
 
 load_state_dict_guess_config = _state_dict_loader("load_state_dict_guess_config")
 load_text_encoder_state_dicts = _state_dict_loader("load_text_encoder_state_dicts")
-load_style_model = _state_dict_loader("load_style_model")
+
+
+def load_style_model(ckpt_path: str) -> Any:
+    """A STYLE_MODEL value (T2I-Adapter style or FLUX.1 Redux) from its file, as StyleModelLoader loads it."""
+    return _load_style_model(ckpt_path, device=_bridge.manager_of(_services).compute_device)
+
+
 load_gligen = _state_dict_loader("load_gligen")
 save_checkpoint = _state_dict_loader("save_checkpoint")

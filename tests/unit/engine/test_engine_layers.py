@@ -68,7 +68,13 @@ FORBIDDEN = {
     ),
     "engine.imageio": ("torch", "engine.graph", "engine.execution", "engine.server", "engine.diffusion"),
     # LoRA training sits beside the handles: models, memory and images, never the graph or the server.
-    "engine.training": ("engine.graph", "engine.server", "engine.plugins", "engine.cli", "engine.comfy_compat"),
+    "engine.training": (
+        "engine.graph",
+        "engine.server",
+        "engine.plugins",
+        "engine.cli",
+        "engine.comfy_compat",
+    ),
     # The server never depends on Ray: `--executor ray` hands it a queue factory from engine.scaleout.
     "engine.server": ("engine.scaleout", "ray"),
 }

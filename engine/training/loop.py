@@ -8,7 +8,7 @@ noise n; noise x0 to the network input exactly as sampling does (``ModelSampling
 between prediction and target trains only the adapters; gradients are accumulated over
 ``grad_accumulation`` micro-batches per optimizer step.
 
-Gradient checkpointing (Chen et al. 2016) wraps each UNet block's forward in
+Gradient checkpointing (Chen et al. 2016) wraps each residual and transformer block's forward in
 ``torch.utils.checkpoint`` for the run only (an instance attribute, removed afterwards), so the UNet's
 own code and its inference behaviour are unchanged; activations inside a block are recomputed in the
 backward pass instead of being kept.
@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from engine.diffusion.models.unet_blocks import BasicTransformerBlock, ResBlock
 from engine.diffusion.sampling.model_sampling import ModelSampling
 from engine.errors import ExecutionInterrupted
 
@@ -43,7 +44,7 @@ _LOSS_FUNCTIONS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]
     "Huber": F.huber_loss,
     "SmoothL1": F.smooth_l1_loss,
 }
-_BLOCK_LISTS = ("input_blocks", "output_blocks")
+_CHECKPOINTED = (ResBlock, BasicTransformerBlock)
 
 Report = Callable[[int, int, float], None]
 
@@ -126,14 +127,14 @@ def _stack_contexts(contexts: Sequence[torch.Tensor]) -> torch.Tensor:
 
 @contextmanager
 def checkpointed_blocks(unet: nn.Module, enabled: bool = True) -> Iterator[None]:
-    """Run every UNet block under torch.utils.checkpoint for the duration of the block (see module doc)."""
+    """Run every residual and transformer block under torch.utils.checkpoint for the duration of the
+    block (see module doc)."""
     blocks: list[nn.Module] = []
     if enabled:
-        for attr in _BLOCK_LISTS:
-            blocks.extend(getattr(unet, attr, ()))
-        middle = getattr(unet, "middle_block", None)
-        if middle is not None:
-            blocks.append(middle)
+        # Residual and transformer blocks, not whole UNet levels: the cheap layers between them (the
+        # transformers' proj_in/proj_out and norm, down/upsampling convs, and their adapters) then run once
+        # instead of again in the backward pass - what diffusers checkpoints, 20% fewer forward convs.
+        blocks = [m for m in unet.modules() if isinstance(m, _CHECKPOINTED)]
 
     def wrap(forward: Callable[..., Any]) -> Callable[..., Any]:
         def run(*args: Any, **kwargs: Any) -> Any:

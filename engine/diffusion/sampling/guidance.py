@@ -177,12 +177,40 @@ def prepare_conditioning(
                 sigma_start=ms.percent_to_sigma(start),
                 sigma_end=ms.percent_to_sigma(end),
                 control=opts.get("control"),
-                extra={GLIGEN_KEY: g} if (g := gligen_of(opts)) is not None else {},
+                extra=_extra_inputs(opts),
                 hooks=opts.get("hooks"),
                 default="default" in opts,
             )
         )
     return out
+
+
+# CLIPTextEncodeControlnet's key: the prompt an entry's ControlNets see instead of the entry's own.
+CONTROL_CONTEXT_KEY = "cross_attn_controlnet"
+
+
+def _extra_inputs(opts: Mapping[str, Any]) -> dict[str, Any]:
+    extra: dict[str, Any] = {}
+    if (g := gligen_of(opts)) is not None:
+        extra[GLIGEN_KEY] = g
+    if opts.get(CONTROL_CONTEXT_KEY) is not None:
+        extra[CONTROL_CONTEXT_KEY] = opts[CONTROL_CONTEXT_KEY]
+    return extra
+
+
+def _control_context(group: list[_Job], ctx_b: torch.Tensor, b: int) -> torch.Tensor:
+    """The cross-attention context the group's ControlNets get: each entry's "cross_attn_controlnet"
+    where it has one (ComfyUI's CLIPTextEncodeControlnet), else its own prompt; token counts are evened
+    out by repetition as for the model's context. The model itself always sees the entries' own prompts."""
+    own = [j.cond.extra.get(CONTROL_CONTEXT_KEY) for j in group]
+    if all(o is None for o in own):
+        return ctx_b
+    contexts = [
+        _to_batch((o if o is not None else j.cond.context).to(j.x.device, j.cond.context.dtype), b)
+        for o, j in zip(own, group, strict=True)
+    ]
+    length = math.lcm(*(c.shape[1] for c in contexts))
+    return torch.cat([c.repeat(1, length // c.shape[1], 1) for c in contexts])
 
 
 @dataclass
@@ -431,7 +459,9 @@ class CFGDenoiser:
             sample_sigmas = self.transformer_options.get("sample_sigmas")
             self._hook_session.apply(group[0].cond.hooks, float(sb[0]), sample_sigmas)
         control = group[0].cond.control
-        ctrl = control.get_control(xb, sb, ctx_b, y_b) if control is not None else None
+        ctrl = None
+        if control is not None:
+            ctrl = control.get_control(xb, sb, _control_context(group, ctx_b, b), y_b)
         cond_or_uncond = [j.side for j in group]
         topts = dict(self.transformer_options)
         topts["cond_or_uncond"] = cond_or_uncond[:]

@@ -157,3 +157,54 @@ def test_t2i_adapter_levels_and_diffusers_layout(xl):
         (a is None and b is None) or torch.equal(a, b)
         for a, b in zip(again["input"], out["input"], strict=True)
     )
+
+
+class _ContextSpy:
+    """Wraps a ControlApplication and records the cross-attention context each call gets."""
+
+    def __init__(self, inner):
+        self.inner, self.contexts = inner, []
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def get_control(self, x, sigma, context, y):
+        self.contexts.append(context)
+        return self.inner.get_control(x, sigma, context, y)
+
+
+def _run_sides(sd1, positive, negative):
+    """One KSampler run with separate options for the positive and the negative entry."""
+    model = DiffusionModel(sd1.unet, model_sampling_for("eps"))
+    ctx, _ = sd1.text_encoder.encode("a cat")
+    neg, _ = sd1.text_encoder.encode("")
+    lib = sampling_library()
+    with torch.no_grad():
+        return sample(
+            model, None, 2, 5.0, "euler", "normal", [[ctx, positive]], [[neg, negative]],
+            torch.zeros(1, 4, 8, 8), seed=7, samplers=lib.samplers, schedulers=lib.schedulers,
+        )  # fmt: skip
+
+
+@pytest.mark.slow
+def test_controlnet_prompt_of_clip_text_encode_controlnet(sd1, cnet):
+    """CLIPTextEncodeControlnet's "cross_attn_controlnet" is the ControlNet's context for that entry (the
+    UNet keeps the entry's own prompt), as in ComfyUI; before, the ControlNet always saw the entry's prompt."""
+    hint = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    ctx, _ = sd1.text_encoder.encode("a cat")
+    dog, _ = sd1.text_encoder.encode("a dog")
+    neg, _ = sd1.text_encoder.encode("")
+    control = ControlApplication(cnet, hint)
+    plain = _run_sides(sd1, {"control": control}, {"control": control})
+    same = _run_sides(sd1, {"control": control, "cross_attn_controlnet": ctx}, {"control": control})
+    other = _run_sides(sd1, {"control": control, "cross_attn_controlnet": dog}, {"control": control})
+    assert torch.equal(plain, same)
+    assert (other - plain).abs().max() > 1e-4
+    # What reached the ControlNet: the positive's control prompt and the negative's own prompt, batched.
+    spy = _ContextSpy(control)
+    _run_sides(sd1, {"control": spy, "cross_attn_controlnet": dog}, {"control": spy})
+    seen = spy.contexts[0]
+    assert seen.shape[0] == 2
+    rows = [seen[i : i + 1] for i in range(2)]
+    assert sum(torch.equal(r, dog) for r in rows) == 1 and sum(torch.equal(r, neg) for r in rows) == 1
+    assert not any(torch.equal(r, ctx) for r in rows)

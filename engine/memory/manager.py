@@ -37,6 +37,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from engine.kernels.layers import release_kernel_caches, use_fast_kernels
 from engine.memory.casting import CastHook, HookSet, direct_tensors, iter_units, module_bytes, unit_bytes
 from engine.memory.devices import DeviceInfo, VRAMState, device_memory, empty_cache
 from engine.memory.oom import InsufficientMemoryError
@@ -150,6 +151,10 @@ class ModelManager:
                     f"model {name or type(module).__name__!r} has weights on the meta device but no loader; "
                     "pass loader= (a function returning its state dict) or load the weights first"
                 )
+            # Plain Linear/Conv2d layers get the CPU fast paths (engine.kernels: the faster GEMM library,
+            # packed conv weights); on other devices they are torch's layers. Every model the engine runs
+            # passes here.
+            use_fast_kernels(module)
             handle = ManagedModel(
                 name=name or type(module).__name__,
                 module=module,
@@ -418,6 +423,7 @@ class ModelManager:
                 self._enforce_ram_budget(keep=())
 
     def _offload(self, handle: ManagedModel) -> None:
+        release_kernel_caches(handle.module)  # packed conv weights: a second copy, only while in use
         if handle.hooks is not None:
             handle.hooks.remove()
             handle.hooks = None
@@ -440,6 +446,7 @@ class ModelManager:
                 raise RuntimeError(f"model {handle.name!r} is in use and cannot be dropped")
             if handle.on_device:
                 self._offload(handle)
+            release_kernel_caches(handle.module)
             _to_meta(handle.module)
             handle.location = Location.DROPPED
 

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from engine.kernels.layers import release_kernel_caches
 from engine.memory.weight_patches import WeightPatch, apply_patch, as_patch
 
 if TYPE_CHECKING:
@@ -74,6 +75,8 @@ class PatchState:
         with torch.no_grad():
             for key, entries in patcher.patches.items():
                 self._apply_key(key, entries)
+        if patcher.patches:
+            release_kernel_caches(self.module)  # packed copies of the weights just changed
         self.applied_uuid = patcher.patches_uuid
         return True
 
@@ -98,7 +101,7 @@ class PatchState:
             param.data = patched
         else:
             self.backups[key] = _Backup(param.data.to(self.offload_device, copy=True), by_reference=False)
-            param.data.copy_(patched)
+            param.copy_(patched)  # on the tensor itself (under no_grad): its version counter moves
 
     def restore(self) -> None:
         """Put the original tensors back (bit-identical); a no-op when nothing is applied."""
@@ -110,7 +113,9 @@ class PatchState:
                 elif backup.original.shape != param.shape:  # a grown weight, since moved to another device
                     param.data = backup.original.to(param.device)
                 else:
-                    param.data.copy_(backup.original)
+                    param.copy_(backup.original)
+        if self.backups:
+            release_kernel_caches(self.module)  # packed copies of the patched weights
         self.backups.clear()
         self.applied_uuid = None
 

@@ -33,6 +33,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from engine.kernels.attention import attention as fast_attention
 
 from .dit_layers import layer_norm, merge_heads, modulate, pad_to_patch, rms_norm, split_heads
 from .unet_blocks import timestep_embedding
@@ -120,7 +121,7 @@ def attention(
 ) -> torch.Tensor:
     """RoPE on q/k, then softmax attention; (B, heads, L, d) each -> (B, L, heads*d)."""
     q, k = apply_rope(q, *pe), apply_rope(k, *pe)
-    return merge_heads(F.scaled_dot_product_attention(q, k, v))
+    return merge_heads(fast_attention(q, k, v))
 
 
 class MLPEmbedder(nn.Module):

@@ -34,6 +34,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from engine.kernels.attention import attention as fast_attention
 
 from .dit_layers import layer_norm, merge_heads, modulate, pad_to_patch, rms_norm, split_heads
 from .unet_blocks import timestep_embedding
@@ -216,7 +217,7 @@ class JointBlock(nn.Module):
         (cq, ck, cv), _ = self.context_block.pre_attention(context, ctx_mod)
         (xq, xk, xv), x_qkv2 = self.x_block.pre_attention(x, x_mod)
         # Joint attention over [text; image] tokens: (B, heads, L+N, d).
-        joint = F.scaled_dot_product_attention(
+        joint = fast_attention(
             torch.cat((cq, xq), dim=2), torch.cat((ck, xk), dim=2), torch.cat((cv, xv), dim=2)
         )
         joint = merge_heads(joint)  # (B, L+N, dim)
@@ -224,7 +225,7 @@ class JointBlock(nn.Module):
         del cq, ck, cv, xq, xk, xv
         x_attn2 = None
         if x_qkv2 is not None:
-            x_attn2 = merge_heads(F.scaled_dot_product_attention(*x_qkv2))  # image-only: (B, N, dim)
+            x_attn2 = merge_heads(fast_attention(*x_qkv2))  # image-only: (B, N, dim)
             del x_qkv2
         # Both streams' attention outputs before either MLP, so the joint tensor is freed first.
         x = self.x_block.add_attention(x, joint[:, n_ctx:], x_attn2, x_mod)

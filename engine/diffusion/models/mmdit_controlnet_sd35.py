@@ -28,6 +28,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from engine.kernels.attention import attention as fast_attention
 
 from .dit_layers import merge_heads
 from .mmdit import TIMESTEP_FEATURES, DismantledBlock, MLPEmbedder, MMDiTConfig
@@ -105,7 +106,7 @@ class SingleStreamBlock(DismantledBlock):
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         mod = self.modulation(c)
         (q, k, v), _ = self.pre_attention(x, mod)
-        attn = merge_heads(F.scaled_dot_product_attention(q, k, v))  # (B, N, dim)
+        attn = merge_heads(fast_attention(q, k, v))  # (B, N, dim)
         return self.add_mlp(self.add_attention(x, attn, None, mod), mod)
 
 

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from engine.kernels.attention import attention as fast_attention
 
 # GroupNorm with 32 groups everywhere, as in the LDM code (``normalization(ch)``).
 NORM_GROUPS = 32
@@ -159,7 +160,7 @@ def multi_head_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, head
     qh = q.reshape(b, n, heads, d).transpose(1, 2)
     kh = k.reshape(b, k.shape[1], heads, d).transpose(1, 2)
     vh = v.reshape(b, v.shape[1], heads, d).transpose(1, 2)
-    out = F.scaled_dot_product_attention(qh, kh, vh)  # (B, heads, N, d)
+    out = fast_attention(qh, kh, vh)  # (B, heads, N, d)
     return out.transpose(1, 2).reshape(b, n, inner)
 
 

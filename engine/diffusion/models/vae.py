@@ -25,6 +25,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from engine.kernels.attention import attention as fast_attention
 
 NORM_GROUPS = 32
 
@@ -127,7 +128,7 @@ class AttnBlock(nn.Module):
         def tokens(t: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, 1, HW, C)
             return t.reshape(b, 1, c, h * w).transpose(2, 3)
 
-        out = F.scaled_dot_product_attention(tokens(self.q(n)), tokens(self.k(n)), tokens(self.v(n)))
+        out = fast_attention(tokens(self.q(n)), tokens(self.k(n)), tokens(self.v(n)))
         out = out.transpose(2, 3).reshape(b, c, h, w)  # (B, 1, HW, C) -> (B, C, H, W)
         return x + self.proj_out(out)
 

@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from engine.kernels.attention import attention as fast_attention
+
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 SIGLIP_MEAN = (0.5, 0.5, 0.5)
@@ -123,7 +125,7 @@ class _Attention(nn.Module):
             p(x).view(b, n, self.heads, c // self.heads).transpose(1, 2)
             for p in (self.q_proj, self.k_proj, self.v_proj)
         )
-        out = F.scaled_dot_product_attention(q, k, v)
+        out = fast_attention(q, k, v)
         return self.out_proj(out.transpose(1, 2).reshape(b, n, c))  # type: ignore[no-any-return]
 
 

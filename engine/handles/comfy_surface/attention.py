@@ -3,8 +3,9 @@
 Attention replacements registered with ``set_model_attn1_replace`` / ``set_model_attn2_replace`` get
 projected q, k, v of shape (B, tokens, heads * dim_head) and usually call ``optimized_attention(q, k, v,
 heads)``. Every name ComfyUI picks between by hardware (pytorch, split, sub-quadratic, xformers, sage)
-computes the same softmax(QK^T / sqrt(d)) V here, with torch's scaled_dot_product_attention - the kernel
-diffgraph's UNet uses, so a replacement computing plain attention leaves the UNet's output unchanged.
+computes the same softmax(QK^T / sqrt(d)) V here, with the kernel diffgraph's UNet uses
+(engine.kernels.attention: torch's scaled_dot_product_attention, or its oneDNN form on CPUs where that is
+faster), so a replacement computing plain attention leaves the UNet's output unchanged.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
+
+from engine.kernels.attention import attention as fast_attention
 
 
 def attention_pytorch(
@@ -40,7 +42,7 @@ def attention_pytorch(
             mask = mask.unsqueeze(0)
         if mask.ndim == 3:
             mask = mask.unsqueeze(1)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    out = fast_attention(q, k, v, attn_mask=mask)
     if skip_output_reshape:
         return out
     return out.transpose(1, 2).reshape(b, -1, heads * d)

@@ -97,9 +97,11 @@ def test_a_pack_attached_lora_hook_samples_like_the_native_nodes(runtime) -> Non
     pack = sample(runtime, "pack")
     assert not torch.allclose(pack, plain, atol=1e-4)
     assert torch.equal(pack, sample(runtime, "native"))
-    # Strength 0: the base model; the hooked positive runs in its own batch, so equal up to rounding.
+    # Strength 0: the base model; the hooked positive runs in its own batch, so equal up to rounding (the
+    # random model's latents reach ~300 after 3 steps at cfg 5: batch-1 and batch-2 kernels differ by
+    # ~1e-3 there, 0.9e-3 with torch's BLAS and 1.2e-3 with oneDNN's packed convolutions).
     off = sample(runtime, "pack", keyframe_strength=0.0)
-    torch.testing.assert_close(off, plain, rtol=1e-5, atol=1e-3)
+    torch.testing.assert_close(off, plain, rtol=1e-5, atol=3e-3)
     assert (off - plain).abs().max() < (pack - plain).abs().max() / 100
 
 

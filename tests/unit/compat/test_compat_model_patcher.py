@@ -130,7 +130,11 @@ def test_cfg_function_returning_cond_equals_cfg_1_and_the_wrapper_runs_once_per_
     model, _, _, pos, neg = tiny
     clone = model.clone()
     clone.set_model_sampler_cfg_function(lambda args: args["cond"])
-    assert torch.allclose(sample(clone, pos, neg, cfg=8.0), sample(model, pos, neg, cfg=1.0), atol=1e-4)
+    # Batch 2 (cond + uncond) against batch 1: equal up to the kernels' rounding (the random model's
+    # latents reach ~340; batch-1 and batch-2 products round differently, ~2e-4 apart with either library).
+    torch.testing.assert_close(
+        sample(clone, pos, neg, cfg=8.0), sample(model, pos, neg, cfg=1.0), atol=1e-3, rtol=1e-5
+    )
     calls: list[list[int]] = []
 
     def wrapper(apply_model, args):

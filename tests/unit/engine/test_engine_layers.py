@@ -75,6 +75,11 @@ FORBIDDEN = {
         "engine.cli",
         "engine.comfy_compat",
     ),
+    # Device kernels are pure torch under everything else: models and the memory manager use them.
+    "engine.kernels": (
+        *("engine.diffusion", "engine.memory", "engine.handles", "engine.graph", "engine.execution"),
+        *("engine.server", "engine.plugins", "engine.api", "engine.training", "engine.runtime"),
+    ),
     # The server never depends on Ray: `--executor ray` hands it a queue factory from engine.scaleout.
     "engine.server": ("engine.scaleout", "ray"),
 }

@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from engine.kernels.layers import use_fast_kernels
 from engine.memory.devices import DeviceInfo
 
 WIDTH = 32
@@ -16,7 +17,9 @@ def linear_stack(n: int = 6, *, seed: int = 0, width: int = WIDTH) -> nn.Sequent
     layers: list[nn.Module] = []
     for _ in range(n):
         layers += [nn.Linear(width, width), nn.GELU()]
-    return nn.Sequential(*layers).eval()
+    model = nn.Sequential(*layers).eval()
+    use_fast_kernels(model)  # as the model manager runs it (references must use the same kernels)
+    return model
 
 
 @pytest.fixture

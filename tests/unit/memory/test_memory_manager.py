@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from engine.kernels.layers import use_fast_kernels
 from engine.memory.devices import DeviceInfo, VRAMState
 from engine.memory.manager import Location, ModelManager
 from engine.memory.oom import InsufficientMemoryError
@@ -19,25 +20,34 @@ LINEAR_BYTES = (WIDTH * WIDTH + WIDTH) * 4  # one Linear(32, 32) in float32: wei
 STACK6 = 6 * LINEAR_BYTES
 
 
+def fast(model: nn.Module) -> nn.Module:
+    """The layers as the manager runs them (it switches them at register): references computed with
+    other kernels would differ from the managed model by rounding, not by anything the manager does."""
+    use_fast_kernels(model)
+    return model
+
+
 def linear_stack(n: int = 6, *, seed: int = 0) -> nn.Sequential:
     torch.manual_seed(seed)
     layers: list[nn.Module] = []
     for _ in range(n):
         layers += [nn.Linear(WIDTH, WIDTH), nn.GELU()]
-    return nn.Sequential(*layers).eval()
+    return fast(nn.Sequential(*layers).eval())
 
 
 def conv_stack(*, seed: int = 0) -> nn.Sequential:
     torch.manual_seed(seed)
-    return nn.Sequential(
-        nn.Conv2d(3, 16, 3, padding=1),
-        nn.GroupNorm(4, 16),
-        nn.SiLU(),
-        nn.Conv2d(16, 16, 3, padding=1),
-        nn.GroupNorm(4, 16),
-        nn.SiLU(),
-        nn.Conv2d(16, 3, 1),
-    ).eval()
+    return fast(
+        nn.Sequential(
+            nn.Conv2d(3, 16, 3, padding=1),
+            nn.GroupNorm(4, 16),
+            nn.SiLU(),
+            nn.Conv2d(16, 16, 3, padding=1),
+            nn.GroupNorm(4, 16),
+            nn.SiLU(),
+            nn.Conv2d(16, 3, 1),
+        ).eval()
+    )
 
 
 def test_sizes_are_the_weight_bytes(cpu_info: DeviceInfo) -> None:
@@ -236,7 +246,7 @@ def test_real_unet_partial_loading_matches_full(cpu_info: DeviceInfo) -> None:
 
     torch.manual_seed(0)
     config = unet_mod.UNetConfig.tiny()
-    model = unet_mod.UNetModel(config).eval()
+    model = fast(unet_mod.UNetModel(config).eval())
     reference = copy.deepcopy(model)
     g = torch.Generator().manual_seed(3)
     x = torch.randn(1, 4, 16, 16, generator=g)
@@ -294,7 +304,7 @@ class _OwnsAndWraps(nn.Module):
 
 def test_nested_streamed_units_stay_within_budget(cpu_info: DeviceInfo) -> None:
     torch.manual_seed(0)
-    model = nn.Sequential(_OwnsAndWraps(), _OwnsAndWraps(), _OwnsAndWraps()).eval()
+    model = fast(nn.Sequential(_OwnsAndWraps(), _OwnsAndWraps(), _OwnsAndWraps()).eval())
     expected = _forward(copy.deepcopy(model), torch.ones(2, WIDTH))
     pair = WIDTH * WIDTH * 4 + LINEAR_BYTES  # a wrapper's own tensor + its child's, streamed together
     budget = pair + LINEAR_BYTES

@@ -143,8 +143,11 @@ def set_attr_param(obj: Any, attr: str, value: torch.Tensor) -> Any:
 
 
 def copy_to_param(obj: Any, attr: str, value: torch.Tensor) -> None:
-    """Copy into the existing tensor in place (its identity, device and dtype stay)."""
-    get_attr(obj, attr).data.copy_(value)
+    """Copy into the existing tensor in place (its identity, device and dtype stay). Through the tensor
+    itself under no_grad rather than ``.data``: that bumps its version counter, which the engine's packed
+    CPU convolution weights (engine.kernels.cpu_conv) watch to notice a changed weight."""
+    with torch.no_grad():
+        get_attr(obj, attr).copy_(value)
 
 
 # -- progress ---------------------------------------------------------------------------------------

@@ -32,6 +32,8 @@ if str(Path(__file__).resolve().parents[1]) not in sys.path:
 
 from engine.diffusion.models import flux as flux_model  # noqa: E402 - after the sys.path line
 from engine.diffusion.models import mmdit  # noqa: E402
+from engine.kernels import cpu_gemm  # noqa: E402
+from engine.kernels.layers import use_fast_kernels  # noqa: E402
 from tests.factories.diffusers_flow import flux_transformer_kwargs, sd3_transformer_kwargs  # noqa: E402
 
 PREFIX = "model.diffusion_model."
@@ -186,6 +188,9 @@ def step_functions(name: str, args: argparse.Namespace, device: torch.device, dt
             ).sample
             return _unpack(out, 16, side, side)
 
+    # What the model manager does to every model it registers (engine.kernels: the faster CPU GEMM
+    # library, packed conv weights; other devices keep torch's layers).
+    use_fast_kernels(ours)
     params = sum(p.numel() for p in ours.parameters())
     return run_ours, run_ref, params
 
@@ -212,6 +217,8 @@ def main() -> None:
     print(
         f"torch {torch.__version__}, device {device}, dtype {args.dtype}, threads {torch.get_num_threads()}"
     )
+    if device.type == "cpu":
+        print(f"our fp32 CPU GEMM library: {cpu_gemm.backend()} (diffusers: torch's default)")
     rows = []
     with torch.inference_mode():
         for name in args.models:

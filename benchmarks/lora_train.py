@@ -61,6 +61,7 @@ def _ours(path: Path, checkpointing: bool) -> Any:
 
     from engine.diffusion.models.unet import UNetConfig, UNetModel
     from engine.diffusion.sampling.model_sampling import ModelSamplingDiscrete
+    from engine.kernels.layers import use_fast_kernels
     from engine.training.adapters import create_adapters
     from engine.training.loop import TrainConfig, Trainer, TrainingData
 
@@ -68,6 +69,9 @@ def _ours(path: Path, checkpointing: bool) -> Any:
         unet = UNetModel(UNetConfig.sd15())
     unet.load_state_dict(_weights(path), assign=True)
     unet.eval()
+    # What the model manager does to every model it registers (the TrainLoraNode's MODEL is one):
+    # engine.kernels' CPU fast paths for the Linear/Conv2d layers.
+    use_fast_kernels(unet)
     latents, context = _inputs(torch)
     adapters = create_adapters(unet, "LoRA", RANK, alpha=RANK)
     config = TrainConfig(learning_rate=1e-4, gradient_checkpointing=checkpointing)

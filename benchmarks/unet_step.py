@@ -22,6 +22,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from engine.diffusion.models.unet import UNetConfig, UNetModel
+from engine.kernels import cpu_gemm
+from engine.kernels.layers import use_fast_kernels
 
 aten = torch.ops.aten
 
@@ -145,6 +147,8 @@ def main() -> None:
     print(f"matmul peak (2048^3 torch.mm, best of 8): {peak:.1f} GFLOP/s")
 
     ours = UNetModel(UNetConfig.sd15(), dtype=dtype, device=device).eval()
+    # What the model manager does to every model it registers: Linear layers on the faster GEMM library.
+    print(f"CPU fp32 GEMM library: {cpu_gemm.backend()} ({use_fast_kernels(ours)} Linear layers switched)")
     ref = None if args.no_diffusers else build_diffusers(ours)
 
     rows = []

@@ -70,6 +70,6 @@ def attention(
     scale: float | None = None,
 ) -> torch.Tensor:
     """``F.scaled_dot_product_attention(q, k, v, attn_mask, scale=scale)`` for (B, heads, N, d) tensors."""
-    if attn_mask is None and _eligible(q, k, v):
+    if attn_mask is None and not torch.compiler.is_compiling() and _eligible(q, k, v):
         return _blocked(q, k, v, scale if scale is not None else q.shape[-1] ** -0.5)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=scale)

@@ -73,7 +73,10 @@ def packed_weight(layer: nn.Conv2d, input_shape: tuple[int, ...]) -> torch.Tenso
     weight = layer.weight
     # The tensor, its storage and its version: `param.data = other` (the weight patcher's swap) keeps the
     # Parameter but changes the storage; an in-place write (`param.copy_` under no_grad) bumps the version.
-    key = (weight.data_ptr(), weight._version, input_shape)
+    # Inference tensors (weights made under torch.inference_mode) have no version counter; they cannot be
+    # written outside inference mode, and the engine's patcher replaces their storage (seen by the pointer).
+    version = 0 if weight.is_inference() else weight._version
+    key = (weight.data_ptr(), version, input_shape)
     cached = layer.__dict__.get(_CACHE_ATTR)
     if cached is not None and cached[0]() is weight and cached[1] == key:
         return cached[2]

@@ -11,6 +11,7 @@ Subclasses (a custom pack's quantised or casting layers) are left alone: their f
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from engine.kernels import cpu_conv, cpu_gemm
@@ -18,12 +19,15 @@ from engine.kernels import cpu_conv, cpu_gemm
 
 class FastLinear(nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # While torch.compile traces, the plain call first: nothing for dynamo to look into.
+        if torch.compiler.is_compiling():
+            return F.linear(x, self.weight, self.bias)
         return cpu_gemm.linear(x, self.weight, self.bias)
 
 
 class FastConv2d(nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if cpu_conv.eligible(self, x):
+        if not torch.compiler.is_compiling() and cpu_conv.eligible(self, x):
             return cpu_conv.conv2d(self, x)
         return super().forward(x)
 

@@ -124,3 +124,14 @@ def test_frozen_weight_training_gets_torch_input_gradient():
     (_reference(layer, x_ref) * upstream).sum().backward()
     torch.testing.assert_close(out, _reference(layer, x0), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-5, atol=1e-5)
+
+
+def test_weights_made_in_inference_mode_are_packed():
+    """Inference tensors have no version counter (a model built under inference_mode, as benchmarks do)."""
+    with torch.inference_mode():
+        layer = _conv(4, 4, 3, padding=1)
+        layer.weight = nn.Parameter(layer.weight.detach().clone(), requires_grad=False)
+        assert layer.weight.is_inference()
+        x = _input(1, 4, 6, 6)
+        torch.testing.assert_close(layer(x), _reference(layer, x), rtol=1e-5, atol=1e-5)
+        assert cpu_conv.packed_bytes(layer) > 0

@@ -110,20 +110,14 @@ def test_model_manager_offload_releases_packed_weights():
     assert cpu_conv.packed_bytes(model) == 0
 
 
-def test_frozen_weight_training_gets_torch_input_gradient():
-    """LoRA training's base layers: weight frozen, activations need gradients -> packed forward, and the
-    input gradient equals torch's convolution backward."""
+def test_frozen_weight_training_uses_torch_convolution():
+    """LoRA training's base layers (weight frozen, activations need gradients): torch's forward and
+    backward, no packed copy (it bought no speed in training and cost memory)."""
     layer = _conv(6, 8, 3, padding=1, stride=2).requires_grad_(False)
-    x0 = _input(2, 6, 9, 9)
-    upstream = _input(2, 8, 5, 5, seed=2)
-    x = x0.clone().requires_grad_()
-    out = layer(x)
-    assert cpu_conv.packed_bytes(layer) > 0
-    (out * upstream).sum().backward()
-    x_ref = x0.clone().requires_grad_()
-    (_reference(layer, x_ref) * upstream).sum().backward()
-    torch.testing.assert_close(out, _reference(layer, x0), rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-5, atol=1e-5)
+    x = _input(2, 6, 9, 9).requires_grad_()
+    assert not cpu_conv.eligible(layer, x)
+    layer(x).sum().backward()
+    assert cpu_conv.packed_bytes(layer) == 0 and x.grad is not None
 
 
 def test_weights_made_in_inference_mode_are_packed():

@@ -146,4 +146,6 @@ def test_pack_patches_reach_sampling(runtime) -> None:
     assert torch.equal(stacked, doubled)
     cond_only, _ = sample(runtime, [(1.0, True)])
     cfg1, _ = sample(runtime, [], cfg=1.0)
-    assert torch.allclose(cond_only, cfg1, atol=1e-4)
+    # batch 1 vs batch 2 (cond only vs cond + uncond): equal up to the kernels' rounding of latents ~100
+    # (1.7e-4 apart with torch's own kernels as with engine.kernels)
+    assert torch.allclose(cond_only, cfg1, atol=1e-3, rtol=1e-5)

@@ -80,6 +80,20 @@ def test_other_dtypes_go_to_f_linear_unchanged(gemm_library, dtype):
     assert torch.equal(cpu_gemm.linear(x, w), F.linear(x, w))
 
 
+def test_small_products_stay_with_torch():
+    """Below the cut-off (~4 MFLOP) oneDNN's call overhead outweighs its speed: F.linear, bit for bit."""
+    if not cpu_gemm.onednn_available():
+        pytest.skip("this torch build has no oneDNN linear kernel")
+    cpu_gemm.set_backend("onednn")
+    try:
+        small_x, small_w = _data(16, 32), _data(32, 32, seed=1)
+        assert not cpu_gemm.eligible(small_x, small_w, None)
+        assert torch.equal(cpu_gemm.linear(small_x, small_w), F.linear(small_x, small_w))
+        assert cpu_gemm.eligible(_data(256, 256), _data(256, 256, seed=1), None)  # 33 MFLOP
+    finally:
+        cpu_gemm.set_backend(None)
+
+
 def test_blas_choice_is_exactly_f_linear(gemm_library):
     gemm_library("blas")
     x, w = _data(5, 16), _data(8, 16, seed=1)

@@ -34,7 +34,7 @@ if str(Path(__file__).resolve().parents[1]) not in sys.path:
 from engine.diffusion.models.unet import UNetConfig, UNetModel  # noqa: E402
 from engine.diffusion.models.vae import AutoencoderKL, VAEConfig  # noqa: E402
 from engine.kernels.layers import use_fast_kernels  # noqa: E402
-from tests.factories.checkpoints import diffusers_unet_config  # noqa: E402
+from tests.factories.checkpoints import diffusers_unet_config, diffusers_vae_config  # noqa: E402
 
 MODELS = {"sd15": (UNetConfig.sd15, 512), "sdxl": (UNetConfig.sdxl, 1024)}
 TINY = {"sd15": (UNetConfig.tiny, 64), "sdxl": (UNetConfig.tiny_sdxl, 64)}
@@ -112,16 +112,7 @@ def vae_times(size: int, device: torch.device, dtype: torch.dtype, repeats: int,
 
     cfg = VAEConfig.tiny() if tiny else VAEConfig.sd()
     ours = AutoencoderKL(cfg).eval()
-    conf = {
-        "in_channels": cfg.in_channels,
-        "out_channels": cfg.out_channels,
-        "down_block_types": ["DownEncoderBlock2D"] * len(cfg.ch_mult),
-        "up_block_types": ["UpDecoderBlock2D"] * len(cfg.ch_mult),
-        "block_out_channels": [cfg.ch * m for m in cfg.ch_mult],
-        "layers_per_block": cfg.num_res_blocks,
-        "latent_channels": cfg.z_channels,
-        "norm_num_groups": min(32, cfg.ch),
-    }
+    conf = {k: v for k, v in diffusers_vae_config(cfg).items() if not k.startswith("_")}
     checkpoint = {"first_stage_model." + k: v for k, v in ours.state_dict().items()}
     ref = diffusers.AutoencoderKL(**conf).eval()
     ref.load_state_dict(convert_ldm_vae_checkpoint(checkpoint, conf), strict=False)

@@ -14,13 +14,20 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 
-from engine.diffusion.models.vae import AutoencoderKL, VAEConfig
-from engine.kernels import cpu_gemm
-from engine.kernels.layers import use_fast_kernels
+if str(Path(__file__).resolve().parents[1]) not in sys.path:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ is not installed
+
+from engine.diffusion.models.vae import AutoencoderKL, VAEConfig  # noqa: E402
+from engine.kernels import cpu_gemm  # noqa: E402
+from engine.kernels.layers import use_fast_kernels  # noqa: E402
+from tests.factories.checkpoints import diffusers_vae_config  # noqa: E402
+from tests.factories.random_weights import randomize_  # noqa: E402
 
 PREFIX = "first_stage_model."
 
@@ -31,26 +38,8 @@ def build_pair() -> tuple[AutoencoderKL, torch.nn.Module]:
 
     cfg = VAEConfig.sd()
     ours = AutoencoderKL(cfg).eval()
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():  # unit-scale random weights: activations stay finite through 4 levels
-        for name, p in ours.named_parameters():
-            noise = torch.randn(p.shape, generator=generator)
-            if p.ndim == 1:
-                p.copy_((1.0 if name.endswith("weight") else 0.0) + 0.2 * noise)
-            else:
-                p.copy_(noise / p[0].numel() ** 0.5)
-    config = {
-        "in_channels": cfg.in_channels,
-        "out_channels": cfg.out_channels,
-        "down_block_types": ["DownEncoderBlock2D"] * len(cfg.ch_mult),
-        "up_block_types": ["UpDecoderBlock2D"] * len(cfg.ch_mult),
-        "block_out_channels": [cfg.ch * m for m in cfg.ch_mult],
-        "layers_per_block": cfg.num_res_blocks,
-        "latent_channels": cfg.z_channels,
-        "norm_num_groups": 32,
-        "sample_size": 512,
-        "scaling_factor": cfg.scaling_factor,
-    }
+    randomize_(ours, 0)  # unit-scale random weights: activations stay finite through 4 levels
+    config = {k: v for k, v in diffusers_vae_config(cfg).items() if not k.startswith("_")}
     checkpoint = {PREFIX + k: v.contiguous() for k, v in ours.state_dict().items()}
     ref = diffusers.AutoencoderKL(**config).eval()
     missing, unexpected = ref.load_state_dict(convert_ldm_vae_checkpoint(checkpoint, config), strict=False)

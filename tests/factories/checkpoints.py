@@ -300,6 +300,8 @@ def diffusers_unet_config(cfg: Any) -> dict[str, Any]:
 
 
 def diffusers_vae_config(cfg: Any) -> dict[str, Any]:
+    """diffusers ``AutoencoderKL`` config.json for one of our ``VAEConfig`` s (drop ``_class_name`` to pass it
+    to the constructor)."""
     n = len(cfg.ch_mult)
     return {
         "_class_name": "AutoencoderKL",

@@ -14,6 +14,7 @@ from safetensors.torch import load_file, save_file
 
 from engine.diffusion.checkpoints.detect_vae import vae_config_from_state_dict
 from engine.diffusion.models.vae import AutoencoderKL, VAEConfig
+from tests.factories.checkpoints import diffusers_vae_config
 
 pytestmark = [pytest.mark.parity, pytest.mark.slow]
 
@@ -32,21 +33,6 @@ def randomize_(model: torch.nn.Module, seed: int) -> None:
                 p.copy_(noise / p[0].numel() ** 0.5)
 
 
-def diffusers_config(cfg: VAEConfig) -> dict:
-    return {
-        "in_channels": cfg.in_channels,
-        "out_channels": cfg.out_channels,
-        "down_block_types": ["DownEncoderBlock2D"] * len(cfg.ch_mult),
-        "up_block_types": ["UpDecoderBlock2D"] * len(cfg.ch_mult),
-        "block_out_channels": [cfg.ch * m for m in cfg.ch_mult],
-        "layers_per_block": cfg.num_res_blocks,
-        "latent_channels": cfg.z_channels,
-        "norm_num_groups": 32,
-        "sample_size": 32,
-        "scaling_factor": cfg.scaling_factor,
-    }
-
-
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory: pytest.TempPathFactory):
     # Three levels so the decoder's up.N ordering (reversed relative to diffusers) is exercised.
@@ -62,7 +48,7 @@ def pair(tmp_path_factory: pytest.TempPathFactory):
         )
         == cfg
     )
-    config = diffusers_config(cfg)
+    config = {k: v for k, v in diffusers_vae_config(cfg).items() if not k.startswith("_")}
     converted = convert_ldm_vae_checkpoint(checkpoint, config)
     ref = diffusers.AutoencoderKL(**config).eval()
     missing, unexpected = ref.load_state_dict(converted, strict=False)

@@ -27,7 +27,7 @@ _SCORES_PER_BLOCK = 1 << 20
 def _eligible(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
     tensors = (q, k, v)
     return (
-        all(type(t) is torch.Tensor and t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
+        all(cpu_gemm.plain_fp32_cpu(t) for t in tensors)
         and q.dim() == 4
         and k.dim() == 4
         and v.dim() == 4

@@ -9,18 +9,18 @@ input takes 28 ms with torch's call and 8.6 ms with the weight reordered once (S
 
 The reordered ("packed") weight is a cache on the layer: a second copy of the conv weights (SD1.5's UNet:
 2.4 GB in fp32) that lives while the model is used and is released when the model manager offloads or
-drops it (`release`). It is rebuilt on the next call after the weight changes: a new tensor, new storage under the same Parameter
-(the weight patcher's ``param.data = patched``) or an in-place write that bumps the version counter. A
-write through ``param.data.copy_`` is invisible to torch's version counter, so the engine's own writers
-(the weight patcher, the compat layer's ``copy_to_param``) copy into the parameter itself under
-``torch.no_grad()``, and the weight patcher also drops the caches whenever it changes the weights. ``DIFFGRAPH_CPU_CONV_PACK=0`` turns the cache
-off (torch's call, no extra memory).
+drops it (`release`). It is rebuilt on the next call after the weight changes: a new tensor, new storage
+under the same Parameter (the weight patcher's ``param.data = patched``) or an in-place write that bumps
+the version counter. A write through ``param.data.copy_`` is invisible to torch's version counter, so the
+engine's own writers (the weight patcher, the compat layer's ``copy_to_param``) copy into the parameter
+itself under ``torch.no_grad()``, and the weight patcher also drops the caches whenever it changes the
+weights. ``DIFFGRAPH_CPU_CONV_PACK=0`` turns the cache off (torch's call, no extra memory).
 
 Packed calls: inference only (plain fp32 CPU tensors, no gradient wanted, zero padding given as numbers,
 not while torch.compile traces). Training keeps torch's convolution: a packed forward for LoRA training
 (frozen weights; input gradient from torch's convolution backward) measured no faster per step on the
-full SD1.5 UNet (3.29 vs 3.21 s, benchmarks/lora_train.py) and held 1.5x the peak memory. Everything else is
-torch's ``Conv2d.forward`` unchanged.
+full SD1.5 UNet (3.29 vs 3.21 s, benchmarks/lora_train.py) and held 1.5x the peak memory. Everything else
+is torch's ``Conv2d.forward`` unchanged.
 """
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ import weakref
 
 import torch
 from torch import nn
+
+from engine.kernels.cpu_gemm import plain_fp32_cpu
 
 ENV_VAR = "DIFFGRAPH_CPU_CONV_PACK"
 # In layer.__dict__: (weak ref to the weight, (storage pointer, version, input shape), packed weight).
@@ -44,19 +46,13 @@ def enabled() -> bool:
     return os.environ.get(ENV_VAR, "1").strip() not in ("0", "false", "no", "off") and available()
 
 
-def _plain_fp32_cpu(t: torch.Tensor | None) -> bool:
-    return t is None or (
-        type(t) in (torch.Tensor, nn.Parameter) and t.device.type == "cpu" and t.dtype == torch.float32
-    )
-
-
 def eligible(layer: nn.Conv2d, x: torch.Tensor) -> bool:
     """Whether `conv2d` applies: plain fp32 CPU tensors, zero padding given as numbers, no gradient wanted
     (training keeps torch's convolution: see the module docstring)."""
     return (
-        _plain_fp32_cpu(x)
-        and _plain_fp32_cpu(layer.weight)
-        and _plain_fp32_cpu(layer.bias)
+        plain_fp32_cpu(x)
+        and plain_fp32_cpu(layer.weight)
+        and plain_fp32_cpu(layer.bias)
         and x.dim() == 4
         and layer.padding_mode == "zeros"
         and not isinstance(layer.padding, str)

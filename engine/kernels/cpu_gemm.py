@@ -114,7 +114,8 @@ def set_backend(choice: str | None) -> None:
         _backend = choice
 
 
-def _plain(t: torch.Tensor | None) -> bool:
+def plain_fp32_cpu(t: torch.Tensor | None) -> bool:
+    """None, or an ordinary fp32 CPU tensor/Parameter (no subclass: quantised, fake or traced tensors)."""
     return t is None or (
         type(t) in (torch.Tensor, torch.nn.Parameter) and t.device.type == "cpu" and t.dtype == torch.float32
     )
@@ -123,9 +124,9 @@ def _plain(t: torch.Tensor | None) -> bool:
 def eligible(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
     """Whether `linear` would route this call through oneDNN."""
     return (
-        _plain(x)
-        and _plain(weight)
-        and _plain(bias)
+        plain_fp32_cpu(x)
+        and plain_fp32_cpu(weight)
+        and plain_fp32_cpu(bias)
         and x.dim() >= 2
         and weight.dim() == 2
         and x.shape[-1] == weight.shape[1]
